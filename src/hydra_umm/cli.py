@@ -1,0 +1,166 @@
+"""`hydra-umm`: the only place that parses command-line arguments.
+
+Each sub-command parses its flags here and calls one function of the library; config overrides
+are passed through as ``key=value`` words.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+# ------------------------------------------------------------------------------------ shapes
+
+
+def _shapes_make(args: argparse.Namespace) -> None:
+    from hydra_umm.data.shapes import make_dataset
+
+    summary = make_dataset(args.out, n=args.n, size=args.size, seed=args.seed)
+    print(json.dumps(summary, indent=2))
+
+
+def _shapes_score(args: argparse.Namespace) -> None:
+    from hydra_umm.data.shapes import format_scores, score_generations
+
+    result = score_generations(args.images, args.metadata)
+    out = Path(args.out) if args.out else Path(args.images) / "scores.json"
+    out.write_text(json.dumps(result, indent=2))
+    print(format_scores(result))
+    print(f"scores written to {out}")
+
+
+# ---------------------------------------------------------------------------------- inference
+
+
+def _load_pipeline(args: argparse.Namespace):
+    from hydra_umm.inference import HydraPipeline
+
+    return HydraPipeline.from_pretrained(args.model, device=args.device)
+
+
+def _generate(args: argparse.Namespace) -> None:
+    pipe = _load_pipeline(args)
+    images = pipe.generate(
+        [args.prompt] * args.n, steps=args.steps, cfg_scale=args.cfg_scale, sampler=args.sampler, seed=args.seed
+    )
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    for i, image in enumerate(images):
+        path = out if len(images) == 1 else out.with_name(f"{out.stem}_{i}{out.suffix}")
+        image.save(path)
+        print(f"wrote {path}")
+
+
+def _answer(args: argparse.Namespace) -> None:
+    from PIL import Image
+
+    pipe = _load_pipeline(args)
+    image = Image.open(args.image).convert("RGB")
+    (text,) = pipe.answer(
+        [image], [args.question], max_new_tokens=args.max_new_tokens, temperature=args.temperature, seed=args.seed
+    )
+    print(text)
+
+
+def _reconstruct(args: argparse.Namespace) -> None:
+    from PIL import Image
+
+    pipe = _load_pipeline(args)
+    (image,) = pipe.reconstruct([Image.open(args.image).convert("RGB")], steps=args.steps, seed=args.seed)
+    image.save(args.out)
+    print(f"wrote {args.out}")
+
+
+# ------------------------------------------------------------------------------- bench, demo
+
+
+def _bench(args: argparse.Namespace) -> None:
+    from hydra_umm.bench import run_benchmarks
+
+    run_benchmarks(out=args.out, include_paper=not args.no_paper)
+
+
+def _demo(args: argparse.Namespace) -> None:
+    from hydra_umm.demo import run_demo
+
+    run_demo(out=args.out, fast=args.fast)
+
+
+# ------------------------------------------------------------------------------------ parser
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="hydra-umm", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    shapes = sub.add_parser("shapes", help="the procedural shapes world").add_subparsers(dest="action", required=True)
+    p = shapes.add_parser("make", help="render a shapes-world data set with its JSONL manifests")
+    p.add_argument("--out", required=True)
+    p.add_argument("--n", type=int, default=1000, help="number of scenes")
+    p.add_argument("--size", type=int, default=64, help="image side in pixels")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_shapes_make)
+    p = shapes.add_parser("score", help="score generated images against GenEval-style metadata")
+    p.add_argument("--images", required=True, help="folder in GenEval's layout (<index>/samples/*.png)")
+    p.add_argument("--metadata", required=True, help="evaluation_metadata.jsonl")
+    p.add_argument("--out", default=None, help="JSON file for the scores (default: <images>/scores.json)")
+    p.set_defaults(func=_shapes_score)
+
+    def model_args(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--model", required=True, help="a directory written by save_pretrained")
+        p.add_argument("--device", default="cpu")
+        p.add_argument("--seed", type=int, default=0)
+
+    p = sub.add_parser("generate", help="text-to-image")
+    model_args(p)
+    p.add_argument("--prompt", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--n", type=int, default=1)
+    p.add_argument("--steps", type=int, default=None)
+    p.add_argument("--cfg-scale", type=float, default=None)
+    p.add_argument("--sampler", choices=["euler", "heun"], default=None)
+    p.set_defaults(func=_generate)
+
+    p = sub.add_parser("answer", help="answer a question about an image")
+    model_args(p)
+    p.add_argument("--image", required=True)
+    p.add_argument("--question", required=True)
+    p.add_argument("--max-new-tokens", type=int, default=32)
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
+    p.set_defaults(func=_answer)
+
+    p = sub.add_parser("reconstruct", help="encode and decode an image through HYDRA-TOK")
+    model_args(p)
+    p.add_argument("--image", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--steps", type=int, default=None)
+    p.set_defaults(func=_reconstruct)
+
+    p = sub.add_parser("bench", help="speed benchmarks, as ratios against references measured in the same run")
+    p.add_argument("--out", default="bench.json")
+    p.add_argument("--no-paper", action="store_true", help="skip the paper-scale presets")
+    p.set_defaults(func=_bench)
+
+    p = sub.add_parser("demo", help="the main job on the embedded shapes world")
+    p.add_argument("--out", default="runs/demo")
+    p.add_argument("--fast", action="store_true", help="a smaller, quicker version")
+    p.set_defaults(func=_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    from hydra_umm.config import ConfigError
+
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except (ConfigError, FileNotFoundError, ValueError) as e:
+        print(f"hydra-umm: error: {e}", file=sys.stderr)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

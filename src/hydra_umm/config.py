@@ -1,0 +1,241 @@
+"""Typed configuration: dataclasses, YAML presets and ``key=value`` overrides.
+
+A preset is a YAML file in ``hydra_umm/configs`` (or any path) whose keys mirror :class:`Config`.
+A preset may name another one under ``base:`` and only state what differs. Overrides use dotted
+paths (``tokenizer.gen_depth=4``); values are parsed as YAML and checked against the field type.
+An unknown key is an error that lists the valid keys at that level.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Union
+
+import yaml
+
+PRESET_DIR = Path(__file__).parent / "configs"
+
+
+class ConfigError(ValueError):
+    """A configuration key or value that does not fit the schema."""
+
+
+@dataclass
+class FlowConfig:
+    """Flow matching (DESIGN section 2): how training draws t and how sampling integrates."""
+
+    t_sampling: str = "logit_normal"  # "logit_normal" | "uniform"
+    t_mean: float = 0.0  # logit-normal location
+    t_std: float = 1.0  # logit-normal scale
+    sampler: str = "euler"  # "euler" | "heun"
+    steps: int = 25
+    shift: float = 1.0  # time shift (> 1 spends more steps near noise)
+
+
+@dataclass
+class TokenizerConfig:
+    """HYDRA-TOK. Defaults are the paper's (timm ``vit_intern300m_patch14_448``); numbers the paper
+    text does not give (gen_depth, loss weights, decoder size) are ours."""
+
+    image_size: int = 448
+    patch_size: int = 14
+    width: int = 1024
+    depth: int = 24
+    num_heads: int = 16
+    mlp_ratio: float = 4.0
+    layer_scale: Union[float, None] = 0.1  # timm init_values; None disables layer-scale
+    gen_depth: int = 12  # k: blocks [0, k) are Gen-ViT, [k, depth) Sem-ViT
+    latent_dim: int = 64  # c
+    image_mean: list[float] = field(default_factory=lambda: [0.485, 0.456, 0.406])
+    image_std: list[float] = field(default_factory=lambda: [0.229, 0.224, 0.225])
+    # GSB and distillation
+    cons_stop_grad: bool = True  # stop-gradient on h in the consistency loss
+    distill_layers: list[int] = field(default_factory=lambda: [5, 11, 17, 23])
+    # pixel flow decoder
+    decoder_width: int = 1024
+    decoder_depth: int = 12
+    decoder_heads: int = 16
+    decode_steps: int = 25
+    disc_width: int = 64  # discriminator base channels (stage 2)
+    # loss weights
+    lambda_kl: float = 1e-6
+    lambda_cons: float = 1.0
+    lambda_distill: float = 1.0
+    lambda_lpips: float = 1.0
+    lambda_gan: float = 0.1
+    flow: FlowConfig = field(default_factory=FlowConfig)
+    # local weight files ("" = none): VGG16 for LPIPS, a timm InternViT checkpoint for teacher+student
+    lpips_weights: str = ""
+    teacher_weights: str = ""
+
+
+@dataclass
+class LLMConfig:
+    """The language model. ``path`` names a local transformers directory (paper presets); when it
+    is empty a randomly initialised Qwen2 of the sizes below is built (tiny presets)."""
+
+    path: str = ""
+    hidden_size: int = 1536
+    num_layers: int = 28
+    num_heads: int = 12
+    num_kv_heads: int = 2
+    intermediate_size: int = 8960
+    vocab_size: int = 151936
+    max_position_embeddings: int = 32768
+    rope_theta: float = 1000000.0
+    attn_implementation: str = "sdpa"
+
+
+@dataclass
+class UMMConfig:
+    """HYDRA's own parts on top of the tokenizer and the LLM (DESIGN section 3)."""
+
+    tokenizer_path: str = ""  # a saved HydraTok directory ("" = build from `tokenizer`)
+    head_width: int = 1024
+    head_depth: int = 4
+    head_heads: int = 16
+    lambda_flow: float = 1.0
+    caption_dropout: float = 0.1
+    cfg_scale: float = 4.0
+    max_text_len: int = 256
+
+
+@dataclass
+class Config:
+    """Everything a run needs. Sections grow with the issues; keys stay stable once landed."""
+
+    name: str = "custom"
+    seed: int = 0
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    llm: LLMConfig = field(default_factory=LLMConfig)
+    umm: UMMConfig = field(default_factory=UMMConfig)
+
+
+# ---------------------------------------------------------------------------- (de)serialisation
+
+
+def _is_dataclass_type(tp: Any) -> bool:
+    return isinstance(tp, type) and dataclasses.is_dataclass(tp)
+
+
+def _coerce(value: Any, tp: Any, key: str) -> Any:
+    """Check ``value`` against the annotation ``tp`` (converting ints to floats, lists to tuples)."""
+    origin = typing.get_origin(tp)
+    if origin in (Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, key)
+            except ConfigError as e:
+                errors.append(str(e))
+        raise ConfigError(f"{key}: {value!r} fits none of {tp}")
+    if _is_dataclass_type(tp):
+        if isinstance(value, tp):
+            return value
+        if not isinstance(value, dict):
+            raise ConfigError(f"{key}: expected a mapping for {tp.__name__}, got {value!r}")
+        return from_dict(tp, value, prefix=key + ".")
+    if origin in (list, tuple):
+        if not isinstance(value, (list, tuple)):
+            raise ConfigError(f"{key}: expected a list, got {value!r}")
+        (item_tp,) = typing.get_args(tp)[:1] or (Any,)
+        return [_coerce(v, item_tp, f"{key}[{i}]") for i, v in enumerate(value)]
+    if tp is Any:
+        return value
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if tp is float and isinstance(value, str):
+        try:
+            return float(value)  # YAML 1.1 reads "1e-6" as a string
+        except ValueError:
+            pass
+    if tp is str and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return str(value)
+    if not isinstance(value, tp) or (tp is int and isinstance(value, bool)):
+        raise ConfigError(f"{key}: expected {tp.__name__}, got {value!r}")
+    return value
+
+
+def from_dict(cls: type, data: dict, prefix: str = "") -> Any:
+    """Build dataclass ``cls`` from a (nested) dict; unknown keys raise with the valid ones listed."""
+    hints = typing.get_type_hints(cls)
+    names = [f.name for f in dataclasses.fields(cls)]
+    unknown = [k for k in data if k not in names]
+    if unknown:
+        raise ConfigError(
+            f"unknown config key {prefix + unknown[0]!r}; valid keys here: {', '.join(prefix + n for n in names)}"
+        )
+    return cls(**{k: _coerce(v, hints[k], prefix + k) for k, v in data.items()})
+
+
+def to_dict(obj: Any) -> dict:
+    return dataclasses.asdict(obj)
+
+
+def apply_overrides(cfg: Any, overrides: list[str] | tuple[str, ...]) -> Any:
+    """Apply ``a.b=value`` strings to a dataclass tree (in place) and return it."""
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not of the form key=value")
+        key, raw = item.split("=", 1)
+        value = yaml.safe_load(raw) if raw != "" else ""
+        node, parts = cfg, key.strip().split(".")
+        for depth, part in enumerate(parts):
+            names = [f.name for f in dataclasses.fields(node)]
+            here = ".".join(parts[:depth])
+            if part not in names:
+                prefix = here + "." if here else ""
+                raise ConfigError(
+                    f"unknown config key {key!r}; valid keys here: {', '.join(prefix + n for n in names)}"
+                )
+            tp = typing.get_type_hints(type(node))[part]
+            if depth == len(parts) - 1:
+                if _is_dataclass_type(tp):
+                    raise ConfigError(f"{key} is a section; set one of its keys, e.g. {key}.<name>=...")
+                setattr(node, part, _coerce(value, tp, key))
+            else:
+                if not _is_dataclass_type(tp):
+                    raise ConfigError(f"{'.'.join(parts[: depth + 1])} is not a section")
+                node = getattr(node, part)
+    return cfg
+
+
+def _deep_merge(base: dict, top: dict) -> dict:
+    out = dict(base)
+    for k, v in top.items():
+        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def preset_names() -> list[str]:
+    return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
+
+
+def _read_preset(name_or_path: str | Path) -> dict:
+    preset = PRESET_DIR / f"{name_or_path}.yaml"
+    path = preset if preset.is_file() else Path(name_or_path)
+    if not path.is_file():
+        raise ConfigError(f"no config preset {str(name_or_path)!r}; presets: {', '.join(preset_names())}")
+    data = yaml.safe_load(path.read_text()) or {}
+    base = data.pop("base", None)
+    return _deep_merge(_read_preset(base), data) if base else data
+
+
+def load_config(name_or_path: str | Path = "tiny", overrides: list[str] | tuple[str, ...] = (), cls: type = Config):
+    """A preset name (``tiny``, ``paper``, ...) or a YAML/JSON path, then ``key=value`` overrides."""
+    path = Path(name_or_path)
+    if path.suffix == ".json":
+        data = json.loads(path.read_text())
+    else:
+        data = _read_preset(name_or_path)
+    return apply_overrides(from_dict(cls, data), overrides)

@@ -1,0 +1,51 @@
+import pytest
+
+from hydra_umm.config import Config, ConfigError, apply_overrides, from_dict, load_config, preset_names, to_dict
+
+
+def test_presets_load_and_paper_is_internvit_300m():
+    assert {"tiny", "paper", "paper-1.5b", "paper-7b"} <= set(preset_names())
+    paper = load_config("paper")
+    tok = paper.tokenizer
+    assert (tok.depth, tok.width, tok.num_heads, tok.patch_size, tok.image_size) == (24, 1024, 16, 14, 448)
+    assert paper.llm.hidden_size == 1536
+    assert load_config("paper-7b").llm.hidden_size == 3584
+    assert load_config("paper-7b").tokenizer.width == 1024  # inherited through `base:`
+
+
+def test_overrides_are_typed():
+    cfg = load_config("tiny", ["tokenizer.gen_depth=2", "tokenizer.lambda_kl=1e-4", "llm.path=/models/q",
+                               "tokenizer.distill_layers=[0,3]", "tokenizer.layer_scale=null", "seed=7"])
+    assert cfg.tokenizer.gen_depth == 2 and isinstance(cfg.tokenizer.lambda_kl, float)
+    assert cfg.tokenizer.lambda_kl == pytest.approx(1e-4)
+    assert cfg.llm.path == "/models/q" and cfg.tokenizer.distill_layers == [0, 3]
+    assert cfg.tokenizer.layer_scale is None and cfg.seed == 7
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("tokenizer.foo=1", "valid keys here: tokenizer.image_size"),
+        ("bogus=1", "valid keys here: name, seed, tokenizer"),
+        ("tokenizer.gen_depth=abc", "expected int"),
+        ("tokenizer=3", "is a section"),
+        ("novalue", "key=value"),
+    ],
+)
+def test_bad_overrides_name_the_problem(override, message):
+    with pytest.raises(ConfigError, match=message):
+        apply_overrides(load_config("tiny"), [override])
+
+
+def test_unknown_preset_and_unknown_yaml_key(tmp_path):
+    with pytest.raises(ConfigError, match="presets: .*tiny"):
+        load_config("nope")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("tokenizer:\n  widht: 3\n")
+    with pytest.raises(ConfigError, match="tokenizer.widht"):
+        load_config(bad)
+
+
+def test_dict_round_trip():
+    cfg = load_config("tiny")
+    assert from_dict(Config, to_dict(cfg)) == cfg
