@@ -18,6 +18,8 @@ from typing import Any, Union
 
 import yaml
 
+from hydra_umm.train.config import TrainConfig
+
 PRESET_DIR = Path(__file__).parent / "configs"
 
 
@@ -103,6 +105,7 @@ class UMMConfig:
     caption_dropout: float = 0.1
     cfg_scale: float = 4.0
     max_text_len: int = 256
+    flow: FlowConfig = field(default_factory=FlowConfig)  # t sampling of the vision head, T2I sampler
 
 
 @dataclass
@@ -111,9 +114,12 @@ class Config:
 
     name: str = "custom"
     seed: int = 0
+    data: str = ""  # training data: a manifest, image folder, LLaVA JSON, shard pattern or "shapes"
+    stage: str = ""  # training stage: "1" | "2" (tokenizer), "I" | "II" | "III" (HYDRA)
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     llm: LLMConfig = field(default_factory=LLMConfig)
     umm: UMMConfig = field(default_factory=UMMConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
 
 
 # ---------------------------------------------------------------------------- (de)serialisation

@@ -1,0 +1,78 @@
+"""Training settings shared by every recipe (tokenizer stages 1-2, HYDRA stages I-III).
+
+Plain dataclasses in the style of :mod:`hydra_umm.config`, so that they load from YAML and take
+``train.lr.llm=1e-5`` overrides through the same code.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Union
+
+
+@dataclass
+class LearningRates:
+    """Peak learning rate of each trainable component (AdamW param group); ``None`` = ``default``.
+    A recipe maps its modules to these names; a component whose parameters are frozen is absent."""
+
+    default: float = 1e-4
+    encoder: Union[float, None] = None  # HYDRA-TOK Gen-ViT + GSB + Sem-ViT (tokenizer stage 1)
+    decoder: Union[float, None] = None  # pixel decoder
+    discriminator: Union[float, None] = None  # stage-2 GAN
+    sem_vit: Union[float, None] = None  # HYDRA: Sem-ViT
+    projector: Union[float, None] = None
+    vision_head: Union[float, None] = None
+    llm: Union[float, None] = None
+
+    def of(self, component: str) -> float:
+        """The learning rate of ``component`` (a field name other than ``default``)."""
+        names = [k for k in asdict(self) if k != "default"]
+        if component not in names:
+            raise ValueError(f"no learning rate for component {component!r}; components: {', '.join(names)}")
+        value = getattr(self, component)
+        return self.default if value is None else value
+
+
+@dataclass
+class TrainConfig:
+    """One training run: optimisation, schedule, data, logging, checkpoints and scale options."""
+
+    out_dir: str = "runs/default"  # the run folder: config.yaml, train.log, tensorboard/, checkpoints/
+    steps: int = 1000  # optimiser steps in the whole run
+    batch_size: int = 8  # per rank
+    lr: LearningRates = field(default_factory=LearningRates)
+    warmup: int = 100  # linear warm-up steps, then cosine decay to min_lr_ratio * lr
+    min_lr_ratio: float = 0.0
+    weight_decay: float = 0.05  # not applied to biases and norm weights (1-D parameters)
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
+    grad_clip: float = 1.0  # max global gradient norm; 0 disables clipping
+    ratios: list[float] = field(default_factory=lambda: [0.0, 1.0, 3.0])  # instruction : caption : t2i
+    mixture_block: int = 1000  # samples per block of exact ratios (hydra_umm.data.mixture)
+    log_every: int = 10
+    val_every: int = 200  # 0 disables validation
+    ckpt_every: int = 500  # 0: only the final checkpoint
+    keep_last: int = 3
+    resume: str = "auto"  # "auto" (latest checkpoint in out_dir, if any) | "never" | a checkpoint path
+    max_bad_steps: int = 10  # stop after this many non-finite losses in a row
+    bf16: bool = True  # bf16 autocast where CUDA is used; ignored on CPU
+    compile: bool = False  # torch.compile the model
+    activation_checkpointing: bool = False
+    num_workers: int = 2  # DataLoader workers per rank
+
+    def check(self) -> None:
+        """Raise ValueError naming the first setting that cannot work."""
+        positive = ["steps", "batch_size", "log_every", "keep_last", "max_bad_steps", "mixture_block"]
+        for name in positive:
+            if getattr(self, name) < 1:
+                raise ValueError(f"train.{name} must be >= 1, got {getattr(self, name)}")
+        for name in ["warmup", "val_every", "ckpt_every", "num_workers", "grad_clip", "weight_decay"]:
+            if getattr(self, name) < 0:
+                raise ValueError(f"train.{name} must be >= 0, got {getattr(self, name)}")
+        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+            raise ValueError(f"train.betas must be two numbers in [0, 1), got {self.betas}")
+        if len(self.ratios) != 3 or min(self.ratios) < 0 or sum(self.ratios) <= 0:
+            raise ValueError(f"train.ratios must be three numbers >= 0, not all 0, got {self.ratios}")
+        if not 0 <= self.min_lr_ratio <= 1:
+            raise ValueError(f"train.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
+        if not self.resume:
+            raise ValueError('train.resume must be "auto", "never" or a checkpoint path')
