@@ -18,7 +18,7 @@ from pathlib import Path
 def _shapes_make(args: argparse.Namespace) -> None:
     from hydra_umm.data.shapes import make_dataset
 
-    summary = make_dataset(args.out, n=args.n, size=args.size, seed=args.seed)
+    summary = make_dataset(args.out, n=args.n, size=args.size, seed=args.seed, prompts_per_tag=args.prompts_per_tag)
     print(json.dumps(summary, indent=2))
 
 
@@ -102,6 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--n", type=int, default=1000, help="number of scenes")
     p.add_argument("--size", type=int, default=64, help="image side in pixels")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--prompts-per-tag", type=int, default=50, help="GenEval-style prompts drawn per category")
     p.set_defaults(func=_shapes_make)
     p = shapes.add_parser("score", help="score generated images against GenEval-style metadata")
     p.add_argument("--images", required=True, help="folder in GenEval's layout (<index>/samples/*.png)")

@@ -173,7 +173,7 @@ def test_a_shapes_mixture_run_resumes_exactly(tmp_path):
         torch.manual_seed(0)
         model = Brightness()
         optimizer, scheduler = build_optimizer({"decoder": model}, cfg)
-        data = mixture_stream(MixtureDataset(sources, TaskMixture(cfg.ratios, seed=0)), batch_size=4)
+        data = mixture_stream(MixtureDataset(sources, TaskMixture([0, 1, 3], seed=0)), batch_size=4)
         trainer = Trainer(model, optimizer, scheduler, data, cfg)
         trainer.fit(until)
         return model.state_dict()

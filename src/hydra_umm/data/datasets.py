@@ -25,15 +25,14 @@ import multiprocessing
 from pathlib import Path
 from typing import Iterator, Sequence, Union
 
-import numpy as np
 import torch
 import webdataset as wds
 from PIL import Image
 from torch.utils.data import Dataset, IterableDataset
 
 from hydra_umm.data.manifest import read_manifest
-from hydra_umm.data.shapes import HELDOUT_PAIRS, caption, questions, render
-from hydra_umm.data.shapes.writer import sample_splits
+from hydra_umm.data.shapes import render
+from hydra_umm.data.shapes.writer import indexed_splits, scene_record
 from hydra_umm.data.transforms import ImageTransform
 
 log = logging.getLogger(__name__)
@@ -186,18 +185,11 @@ def shapes_records(image_size: int, n: int = 1000, seed: int = 0, split: str = "
     captions, questions, ids) that :func:`hydra_umm.data.shapes.make_dataset` with the same n and
     seed writes to disk, with PIL images in place of paths. One list serves every task:
     ``RecordDataset(records, task, image_size)``."""
-    splits = sample_splits(n, np.random.default_rng([seed, 0]))
+    splits = indexed_splits(n, seed)
     if split not in splits:
         raise ValueError(f"unknown split {split!r}; splits: {list(splits)}")
-    first = sum(len(splits[s]) for s in list(splits)[: list(splits).index(split)])  # make_dataset's numbering
-    unseen = () if split == "heldout" else HELDOUT_PAIRS
-    records = []
-    for index, scene in enumerate(splits[split], start=first):
-        rng = np.random.default_rng([seed, index])
-        records.append({"id": f"{split}-{index:06d}", "image": render(scene, image_size),
-                        "caption": caption(scene, rng), "qa": questions(scene, rng, unseen_pairs=unseen),
-                        "scene": {**scene.to_dict(), "image_size": image_size}, "split": split})
-    return records
+    return [{**scene_record(scene, split, index, seed, image_size), "image": render(scene, image_size)}
+            for index, scene in splits[split]]
 
 
 class ConversationDataset(ImageItemDataset):

@@ -46,7 +46,8 @@ class TrainConfig:
     weight_decay: float = 0.05  # not applied to biases and norm weights (1-D parameters)
     betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
     grad_clip: float = 1.0  # max global gradient norm; 0 disables clipping
-    ratios: list[float] = field(default_factory=lambda: [0.0, 1.0, 3.0])  # instruction : caption : t2i
+    # instruction : caption : t2i; None = the stage's own (hydra_umm.train.recipes.STAGE_RATIOS)
+    ratios: Union[list[float], None] = None
     mixture_block: int = 1000  # samples per block of exact ratios (hydra_umm.data.mixture)
     log_every: int = 10
     val_every: int = 200  # 0 disables validation
@@ -70,7 +71,7 @@ class TrainConfig:
                 raise ValueError(f"train.{name} must be >= 0, got {getattr(self, name)}")
         if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
             raise ValueError(f"train.betas must be two numbers in [0, 1), got {self.betas}")
-        if len(self.ratios) != 3 or min(self.ratios) < 0 or sum(self.ratios) <= 0:
+        if self.ratios is not None and (len(self.ratios) != 3 or min(self.ratios) < 0 or sum(self.ratios) <= 0):
             raise ValueError(f"train.ratios must be three numbers >= 0, not all 0, got {self.ratios}")
         if not 0 <= self.min_lr_ratio <= 1:
             raise ValueError(f"train.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from typing import Mapping
+from typing import Iterable, Mapping, Union
 
 import torch
 from torch import nn
@@ -34,17 +34,21 @@ def warmup_cosine(optimizer: torch.optim.Optimizer, warmup: int, total: int, min
     return LambdaLR(optimizer, WarmupCosine(warmup, total, min_ratio))
 
 
+Component = Union[nn.Module, Iterable[nn.Parameter]]
+
+
 def param_groups(
-    components: Mapping[str, nn.Module], lrs: LearningRates, weight_decay: float, model: nn.Module | None = None
+    components: Mapping[str, Component], lrs: LearningRates, weight_decay: float, model: nn.Module | None = None
 ) -> list[dict]:
-    """One AdamW group per component (named after it, with its own lr) plus a ``<name>.no_decay``
-    group for its biases and norm weights (parameters with fewer than 2 dims). Frozen parameters
-    are left out. With ``model``, every trainable parameter of it must belong to a component."""
+    """One AdamW group per component (a module or its parameters; named after it, with its own lr)
+    plus a ``<name>.no_decay`` group for its biases and norm weights (parameters with fewer than 2
+    dims). Frozen parameters are left out. With ``model``, every trainable parameter of it must
+    belong to a component."""
     owner: dict[int, str] = {}
     groups = []
-    for name, module in components.items():
+    for name, component in components.items():
         decay, no_decay = [], []
-        for p in module.parameters():
+        for p in component.parameters() if isinstance(component, nn.Module) else component:
             if not p.requires_grad:
                 continue
             if id(p) in owner:
@@ -66,7 +70,7 @@ def param_groups(
 
 
 def build_optimizer(
-    components: Mapping[str, nn.Module], cfg: TrainConfig, model: nn.Module | None = None
+    components: Mapping[str, Component], cfg: TrainConfig, model: nn.Module | None = None
 ) -> tuple[torch.optim.AdamW, LambdaLR]:
     """AdamW over :func:`param_groups` and its :func:`warmup_cosine` schedule for ``cfg.steps``."""
     optimizer = torch.optim.AdamW(

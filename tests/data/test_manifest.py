@@ -1,0 +1,52 @@
+"""The JSONL manifest: round trip, path resolution and clear errors naming the line."""
+
+import json
+
+import pytest
+
+from hydra_umm.data.manifest import ManifestError, read_manifest, write_manifest
+
+
+def test_round_trip_resolves_relative_images(tmp_path):
+    records = [
+        {"id": "a", "image": "images/a.png", "caption": "a red circle",
+         "qa": [{"question": "What color is the circle?", "answer": "red", "type": "color"}],
+         "scene": {"objects": []}, "split": "train"},
+        {"image": str(tmp_path / "elsewhere" / "b.png"), "caption": "two blue stars"},
+    ]
+    path = write_manifest(records, tmp_path / "sub" / "m.jsonl")
+    back = read_manifest(path)
+    assert back[0]["image"] == str((tmp_path / "sub" / "images" / "a.png").resolve())
+    assert back[1]["image"] == str(tmp_path / "elsewhere" / "b.png")  # absolute paths are kept
+    for original, read in zip(records, back):
+        assert {k: v for k, v in read.items() if k != "image"} == {k: v for k, v in original.items() if k != "image"}
+    # the file itself keeps the relative path (the data set stays relocatable)
+    assert json.loads(path.read_text().splitlines()[0])["image"] == "images/a.png"
+
+
+def test_missing_key_names_the_line(tmp_path):
+    path = tmp_path / "m.jsonl"
+    path.write_text(json.dumps({"image": "a.png", "caption": "x"}) + "\n\n" + json.dumps({"image": "b.png"}) + "\n")
+    with pytest.raises(ManifestError, match=r"m\.jsonl:3: missing required key\(s\) \['caption'\]"):
+        read_manifest(path)
+
+
+@pytest.mark.parametrize("line,message", [
+    ("{not json", r":1: not valid JSON"),
+    ("[1, 2]", r":1: a record must be a JSON object"),
+    ('{"image": "a.png", "caption": "x", "split": "dev"}', r":1: 'split' must be one of"),
+    ('{"image": "a.png", "caption": "x", "qa": [{"question": "q"}]}', r":1: qa\[0\] must be an object"),
+    ('{"image": "", "caption": "x"}', r":1: 'image' must be a non-empty path"),
+])
+def test_malformed_lines_are_refused(tmp_path, line, message):
+    path = tmp_path / "m.jsonl"
+    path.write_text(line + "\n")
+    with pytest.raises(ManifestError, match=message):
+        read_manifest(path)
+
+
+def test_write_refuses_bad_records_and_missing_file_is_clear(tmp_path):
+    with pytest.raises(ManifestError, match="missing required key"):
+        write_manifest([{"caption": "no image"}], tmp_path / "m.jsonl")
+    with pytest.raises(FileNotFoundError, match="manifest not found"):
+        read_manifest(tmp_path / "absent.jsonl")
