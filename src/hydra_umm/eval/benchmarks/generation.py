@@ -1,0 +1,28 @@
+"""Sampling settings and the one call every generation writer makes to ``pipeline.generate``."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from PIL import Image
+
+
+@dataclass(frozen=True)
+class GenerationSettings:
+    """Keyword arguments for ``pipeline.generate``; ``None`` keeps the pipeline's default."""
+
+    steps: int | None = None
+    cfg_scale: float | None = None
+    sampler: str | None = None
+    seed: int | None = 0
+
+
+def generate_images(pipeline: Any, prompt: str, n: int, settings: GenerationSettings) -> list[Image.Image]:
+    """``n`` images for one prompt from one ``pipeline.generate`` call (the same seed for every
+    prompt, as GenEval's generation script reseeds before each prompt)."""
+    kwargs = {name: value for name, value in asdict(settings).items() if value is not None}
+    images = list(pipeline.generate([prompt] * n, **kwargs))
+    if len(images) != n or not all(isinstance(im, Image.Image) for im in images):
+        raise TypeError(f"pipeline.generate must return {n} PIL images for {n} prompts, got {len(images)} items")
+    return images

@@ -1,0 +1,38 @@
+"""Shapes-world GenEval: write the shapes-world GenEval-style prompts with the GenEval writer, then
+score them in-process with the shapes world's deterministic scorer (no detector weights)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable
+
+from hydra_umm.eval.benchmarks.generation import GenerationSettings
+from hydra_umm.eval.benchmarks.geneval import write_geneval
+
+Scorer = Callable[[Path, Path], Any]
+
+
+def shapes_scorer() -> Scorer:
+    """``hydra_umm.data.shapes.score_generations(images_dir, metadata_file)``, imported on use."""
+    try:
+        from hydra_umm.data.shapes import score_generations
+    except ImportError as e:
+        raise ImportError(
+            "shapes-world scoring needs hydra_umm.data.shapes.score_generations(images_dir, metadata_file), "
+            f"which is not importable here ({e})"
+        ) from e
+    return score_generations
+
+
+def evaluate_shapes_geneval(
+    pipeline: Any,
+    metadata_file: str | Path,
+    out_dir: str | Path,
+    n_samples: int = 4,
+    settings: GenerationSettings = GenerationSettings(),
+    scorer: Scorer | None = None,
+) -> Any:
+    """Generate into GenEval's layout under ``out_dir`` and return the scorer's result for it."""
+    score = scorer or shapes_scorer()
+    images_dir = write_geneval(pipeline, metadata_file, out_dir, n_samples=n_samples, settings=settings)
+    return score(images_dir, Path(metadata_file))
