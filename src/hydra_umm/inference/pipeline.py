@@ -1,0 +1,211 @@
+"""HydraPipeline: text-to-image, image understanding and reconstruction with a saved HYDRA model.
+
+- ``generate``: the prompt prefix (cond and uncond batched) is run once; every ODE step of
+  :func:`hydra_umm.flow.sample` recomputes only the image block against the prefix's KV cache, the
+  vision head gives the velocity, CFG combines it; HYDRA-TOK's pixel decoder turns z into pixels.
+- ``answer``: prefill with the image block bidirectional, then token-by-token decoding with the
+  KV cache; greedy at temperature 0, sampling otherwise.
+- ``reconstruct``: HYDRA-TOK encode (GSB mean) and decode.
+
+Every method takes a seed and is reproducible; ``use_cache=False`` recomputes the full sequence
+at every step instead (the reference the cached paths are tested and benchmarked against).
+PIL conversion happens here and nowhere in the models.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional, Sequence, Union
+
+import numpy as np
+import torch
+from PIL import Image as PILImage
+from torch import Tensor
+
+from hydra_umm import flow
+from hydra_umm.inference.kv_cache import CachedSequence
+from hydra_umm.models.hydra import HydraModel
+from hydra_umm.models.llm import Image, Text
+
+ImageInput = Union[PILImage.Image, Tensor]  # PIL image, or a (3, H, W) tensor in [-1, 1]
+
+
+def pil_to_tensor(image: PILImage.Image, size: int) -> Tensor:
+    """An RGB PIL image -> (3, size, size) in [-1, 1] (bicubic resize)."""
+    image = image.convert("RGB")
+    if image.size != (size, size):
+        image = image.resize((size, size), PILImage.BICUBIC)
+    return torch.from_numpy(np.asarray(image, dtype=np.float32)).permute(2, 0, 1) / 127.5 - 1.0
+
+
+def tensor_to_pil(images: Tensor) -> list[PILImage.Image]:
+    """(B, 3, H, W) in [-1, 1] -> RGB PIL images."""
+    pixels = ((images.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    return [PILImage.fromarray(p.permute(1, 2, 0).cpu().numpy()) for p in pixels]
+
+
+class HydraPipeline:
+    def __init__(self, model: HydraModel):
+        self.model = model.eval()
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, device: str | torch.device = "cpu") -> "HydraPipeline":
+        return cls(HydraModel.from_pretrained(directory).to(device))
+
+    @property
+    def device(self) -> torch.device:
+        return self.model.device
+
+    def _generator(self, seed: int) -> torch.Generator:
+        return torch.Generator(device=self.device).manual_seed(seed)
+
+    def _images(self, images: Sequence[ImageInput]) -> Tensor:
+        size = self.model.cfg.tokenizer.image_size
+        x = [pil_to_tensor(im, size) if isinstance(im, PILImage.Image) else im for im in images]
+        return torch.stack(x).to(self.device)
+
+    # ------------------------------------------------------------------------------ text-to-image
+
+    def velocity_fn(self, prompts: list[str], cfg_scale: float, use_cache: bool = True) -> flow.VelocityFn:
+        """The guided velocity (B, N, c) of the image block after each prompt, as a function of
+        (z_t (B, N, c), t (B,)). Cond and uncond ("" prompt) run as one batch unless cfg_scale == 1."""
+        model, B, N = self.model, len(prompts), self.model.num_image_tokens
+        guided = cfg_scale != 1.0
+        prefixes = [model.generation_prefix(p) for p in prompts + ([""] * B if guided else [])]
+        if use_cache:
+            prefix = CachedSequence(model, model.layout(prefixes))
+
+            def block_hidden(tokens: Tensor) -> Tensor:
+                return prefix.extend(tokens, image_block=True, keep=False)
+
+        else:
+            full = model.layout([p + [Image(N)] for p in prefixes])
+
+            def block_hidden(tokens: Tensor) -> Tensor:
+                return model.block_hidden(model.sequence_hidden_states(full, tokens), full)
+
+        def velocity(z_t: Tensor, t: Tensor) -> Tensor:
+            z_t, t = (torch.cat([z_t, z_t]), torch.cat([t, t])) if guided else (z_t, t)
+            v = model.vision_head(block_hidden(model.visual_tokens(z_t, t)), t)
+            return flow.cfg_combine(v[:B], v[B:], cfg_scale) if guided else v
+
+        return velocity
+
+    @torch.no_grad()
+    def generate_latents(
+        self,
+        prompts: list[str],
+        steps: Optional[int] = None,
+        cfg_scale: Optional[float] = None,
+        sampler: Optional[str] = None,
+        seed: int = 0,
+        use_cache: bool = True,
+    ) -> Tensor:
+        """Prompts -> latents z (B, N, c) by integrating the vision head's flow from noise."""
+        if not prompts:
+            raise ValueError("generate needs at least one prompt")
+        cfg, fc = self.model.cfg, self.model.cfg.umm.flow
+        scale = cfg.umm.cfg_scale if cfg_scale is None else cfg_scale
+        x0 = torch.randn(
+            (len(prompts), self.model.num_image_tokens, cfg.tokenizer.latent_dim),
+            generator=self._generator(seed),
+            device=self.device,
+        )
+        velocity = self.velocity_fn(list(prompts), scale, use_cache)
+        return flow.sample(velocity, x0, steps or fc.steps, sampler or fc.sampler, fc.shift)
+
+    @torch.no_grad()
+    def generate(
+        self,
+        prompts: list[str],
+        steps: Optional[int] = None,
+        cfg_scale: Optional[float] = None,
+        sampler: Optional[str] = None,
+        seed: int = 0,
+        use_cache: bool = True,
+    ) -> list[PILImage.Image]:
+        """Text-to-image; None means the config default (umm.flow.steps, umm.cfg_scale, umm.flow.sampler)."""
+        z = self.generate_latents(prompts, steps, cfg_scale, sampler, seed, use_cache)
+        return tensor_to_pil(self.model.tokenizer.decode(z, generator=self._generator(seed + 1)))
+
+    # ------------------------------------------------------------------------------ understanding
+
+    @torch.no_grad()
+    def answer_ids(
+        self,
+        images: Sequence[ImageInput],
+        questions: list[str],
+        max_new_tokens: int = 32,
+        temperature: float = 0.0,
+        seed: int = 0,
+        use_cache: bool = True,
+    ) -> list[list[int]]:
+        """The generated token ids of every answer, up to (not including) eos."""
+        if len(images) != len(questions) or not questions:
+            raise ValueError(
+                f"answer needs one image per question, got {len(images)} images, {len(questions)} questions"
+            )
+        if temperature < 0:
+            raise ValueError(f"temperature must be >= 0, got {temperature}")
+        model, B, eos = self.model, len(questions), self.model.ids["eos"]
+        generator = self._generator(seed)
+        prompts = [model.understanding_segments(q) for q in questions]
+        visual = model.visual_tokens(model.latents(self._images(images)), torch.ones(B, device=self.device))
+        lm_head, embed_tokens = model.llm.lm_head, model.llm.get_input_embeddings()
+        generated: list[Tensor] = []  # each (B,)
+
+        if use_cache:
+            sequence = CachedSequence(model, model.layout(prompts), visual)
+            logits = lm_head(sequence.hidden[:, -1])
+
+            def next_logits(token: Tensor) -> Tensor:
+                return lm_head(sequence.extend(embed_tokens(token[:, None]), image_block=False, keep=True)[:, -1])
+
+        else:
+
+            def next_logits(token: Optional[Tensor] = None) -> Tensor:
+                """Recompute the prompt and every token generated so far (``token`` is the last of them)."""
+                tails = torch.stack(generated, dim=1).tolist() if generated else [[] for _ in range(B)]
+                lay = model.layout([p + [Text(tail)] for p, tail in zip(prompts, tails)])
+                return lm_head(model.sequence_hidden_states(lay, visual)[:, -1])
+
+            logits = next_logits()
+
+        done = torch.zeros(B, dtype=torch.bool, device=self.device)
+        for _ in range(max_new_tokens):
+            if temperature == 0:
+                token = logits.argmax(dim=-1)
+            else:
+                probs = torch.softmax(logits.float() / temperature, dim=-1)
+                token = torch.multinomial(probs, 1, generator=generator)[:, 0]
+            token = torch.where(done, eos, token)  # finished rows keep emitting eos
+            generated.append(token)
+            done |= token == eos
+            if done.all():
+                break
+            logits = next_logits(token)
+        rows = torch.stack(generated, dim=1).tolist() if generated else [[] for _ in range(B)]
+        return [row[: row.index(eos)] if eos in row else row for row in rows]
+
+    def answer(
+        self,
+        images: Sequence[ImageInput],
+        questions: list[str],
+        max_new_tokens: int = 32,
+        temperature: float = 0.0,
+        seed: int = 0,
+        use_cache: bool = True,
+    ) -> list[str]:
+        """One answer per (image, question); greedy when temperature == 0."""
+        ids = self.answer_ids(images, questions, max_new_tokens, temperature, seed, use_cache)
+        return [self.model.text_tokenizer.decode(row, skip_special_tokens=True) for row in ids]
+
+    # ------------------------------------------------------------------------------ reconstruction
+
+    @torch.no_grad()
+    def reconstruct(
+        self, images: Sequence[ImageInput], steps: Optional[int] = None, seed: int = 0
+    ) -> list[PILImage.Image]:
+        """Encode (GSB mean) and decode through HYDRA-TOK; ``steps`` of the pixel decoder's ODE."""
+        z = self.model.latents(self._images(images))
+        return tensor_to_pil(self.model.tokenizer.decode(z, steps=steps, generator=self._generator(seed)))
