@@ -32,6 +32,18 @@ def _shapes_score(args: argparse.Namespace) -> None:
     print(f"scores written to {out}")
 
 
+# ------------------------------------------------------------------------------------- train
+
+
+def _train(args: argparse.Namespace) -> None:
+    from hydra_umm.config import load_config
+    from hydra_umm.train.recipes import RECIPES
+
+    cfg = load_config(args.config, args.overrides)
+    model_dir = RECIPES[args.what](cfg)
+    print(f"model saved to {model_dir}")
+
+
 # ---------------------------------------------------------------------------------- inference
 
 
@@ -76,6 +88,8 @@ def _reconstruct(args: argparse.Namespace) -> None:
 
 # ------------------------------------------------------------------------------- bench, demo
 
+DEMO_MODEL = Path("runs/demo/model")  # where `make demo` saves the HYDRA model that `serve` defaults to
+
 
 def _bench(args: argparse.Namespace) -> None:
     from hydra_umm.bench import run_benchmarks
@@ -87,6 +101,16 @@ def _demo(args: argparse.Namespace) -> None:
     from hydra_umm.demo import run_demo
 
     run_demo(out=args.out, fast=args.fast)
+
+
+def _serve(args: argparse.Namespace) -> None:
+    model = Path(args.model) if args.model else DEMO_MODEL
+    if not (model / "model.safetensors").is_file():
+        hint = "pass --model DIR" if args.model else "train one with `make demo`, or pass --model DIR"
+        raise FileNotFoundError(f"no saved model in {model}: {hint}")
+    from hydra_umm.serve import serve
+
+    serve(model, args.host, args.port, args.queue_depth, args.max_image_bytes, args.device)
 
 
 # ------------------------------------------------------------------------------------ parser
@@ -109,6 +133,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--metadata", required=True, help="evaluation_metadata.jsonl")
     p.add_argument("--out", default=None, help="JSON file for the scores (default: <images>/scores.json)")
     p.set_defaults(func=_shapes_score)
+
+    p = sub.add_parser("train", help="train the tokenizer or HYDRA: a config preset plus key=value overrides",
+                       epilog="overrides: key=value words after the flags, e.g. data=shapes stage=1 train.steps=100")
+    p.add_argument("what", choices=["tokenizer", "umm"])
+    p.add_argument("--config", default="tiny", help="a preset name (tiny, paper, ...) or a YAML file")
+    p.set_defaults(func=_train, takes_overrides=True)
 
     def model_args(p: argparse.ArgumentParser) -> None:
         p.add_argument("--model", required=True, help="a directory written by save_pretrained")
@@ -145,6 +175,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-paper", action="store_true", help="skip the paper-scale presets")
     p.set_defaults(func=_bench)
 
+    p = sub.add_parser("serve", help="the web page (/) and the OpenAI-shaped API (/v1) for one model")
+    p.add_argument("--model", default=None, help=f"a saved model directory (default: the demo's, {DEMO_MODEL})")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--host", default="127.0.0.1", help="the address to bind; only this machine by default")
+    p.add_argument("--port", type=int, default=7860)
+    p.add_argument("--queue-depth", type=int, default=4, help="requests that may wait for the model; more get 503")
+    p.add_argument("--max-image-bytes", type=int, default=4 << 20, help="the largest image a request may send")
+    p.set_defaults(func=_serve)
+
     p = sub.add_parser("demo", help="the main job on the embedded shapes world")
     p.add_argument("--out", default="runs/demo")
     p.add_argument("--fast", action="store_true", help="a smaller, quicker version")
@@ -155,7 +194,15 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> None:
     from hydra_umm.config import ConfigError
 
-    args = build_parser().parse_args(argv)
+    import logging
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if getattr(args, "takes_overrides", False):
+        args.overrides = extra  # key=value config overrides
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         args.func(args)
     except (ConfigError, FileNotFoundError, ValueError) as e:

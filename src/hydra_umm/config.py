@@ -116,6 +116,7 @@ class Config:
     seed: int = 0
     data: str = ""  # training data: a manifest, image folder, LLaVA JSON, shard pattern or "shapes"
     stage: str = ""  # training stage: "1" | "2" (tokenizer), "I" | "II" | "III" (HYDRA)
+    init: str = ""  # a saved model directory a stage starts from (tokenizer stage 2, HYDRA stages II-III)
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     llm: LLMConfig = field(default_factory=LLMConfig)
     umm: UMMConfig = field(default_factory=UMMConfig)

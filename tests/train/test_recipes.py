@@ -1,0 +1,104 @@
+"""The training recipes end to end on the shapes world: tokenizer stages 1 and 2, then HYDRA stages
+I and II, each a bounded number of CPU steps through the real CLI, with the losses falling."""
+
+import pytest
+import torch
+
+from hydra_umm.cli import main
+from hydra_umm.config import load_config
+from hydra_umm.eval.report import read_scalars
+from hydra_umm.inference import HydraPipeline
+from hydra_umm.models.hydra_tok import HydraTok
+from hydra_umm.train.recipes import open_sources
+
+# A HYDRA even smaller than `tiny`: 32 px images, a 4x4 latent grid, 2-layer LM.
+SMALL = [
+    "tokenizer.image_size=32", "tokenizer.width=64", "tokenizer.depth=4", "tokenizer.gen_depth=2",
+    "tokenizer.num_heads=2", "tokenizer.distill_layers=[1,3]", "tokenizer.latent_dim=16",
+    "tokenizer.decoder_width=64", "tokenizer.decoder_depth=2", "tokenizer.decoder_heads=2",
+    "tokenizer.decode_steps=2", "tokenizer.disc_width=8",
+    "llm.hidden_size=64", "llm.num_layers=2", "llm.num_heads=2", "llm.num_kv_heads=1",
+    "llm.intermediate_size=128", "llm.vocab_size=512", "umm.head_width=64", "umm.head_depth=1", "umm.head_heads=2",
+    "umm.flow.steps=2",
+    "train.batch_size=8", "train.warmup=2", "train.log_every=1", "train.val_every=0", "train.num_workers=0",
+    "train.lr.default=1e-3",
+]
+
+
+def first_last(curves, name, k=4):
+    """Mean of the first and of the last k logged values of train/<name> (steps whose batch held no
+    sample of the loss's kind log 0 and are left out)."""
+    values = [v for _, v in curves[f"tensorboard/train/{name}"] if v > 0]
+    return sum(values[:k]) / k, sum(values[-k:]) / k
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("recipes")
+    torch.set_num_threads(1)
+    tok1, tok2, umm1, umm2 = (root / name for name in ("tok1", "tok2", "umm1", "umm2"))
+    common = ["--config", "tiny", "data=shapes:96", *SMALL]
+    main(["train", "tokenizer", *common, "stage=1", "train.steps=40", f"train.out_dir={tok1}"])
+    main(["train", "tokenizer", *common, "stage=2", "train.steps=6", f"init={tok1}/model", f"train.out_dir={tok2}",
+          "train.ckpt_every=3", "train.keep_last=1"])
+    main(["train", "umm", *common, "stage=I", "train.steps=40", f"umm.tokenizer_path={tok2}/model",
+          f"train.out_dir={umm1}"])
+    main(["train", "umm", *common, "stage=II", "train.steps=30", f"init={umm1}/model", f"train.out_dir={umm2}"])
+    return {"tok1": tok1, "tok2": tok2, "umm1": umm1, "umm2": umm2}
+
+
+def test_tokenizer_stage1_losses_fall(runs):
+    curves = read_scalars(runs["tok1"])
+    for name in ("loss", "loss_flow", "loss_distill", "loss_cons"):
+        start, end = first_last(curves, name)
+        assert end < 0.9 * start, f"{name}: {start:.4f} -> {end:.4f}"
+    assert {"tensorboard/train/loss_lpips", "tensorboard/train/loss_kl"} <= set(curves)
+
+
+def test_tokenizer_stage2_trains_decoder_and_discriminator_only(runs):
+    before = HydraTok.from_pretrained(runs["tok1"] / "model").state_dict()
+    after = HydraTok.from_pretrained(runs["tok2"] / "model").state_dict()
+    changed = {k.split(".")[0] for k in before if not torch.equal(before[k], after[k])}
+    assert changed == {"decoder", "discriminator"}
+    assert {"tensorboard/train/loss_gan", "tensorboard/train/loss_disc"} <= set(read_scalars(runs["tok2"]))
+    assert len(list((runs["tok2"] / "checkpoints").glob("*.pt"))) == 1  # keep_last=1
+
+
+def test_umm_losses_fall_and_the_model_serves(runs):
+    start, end = first_last(read_scalars(runs["umm1"]), "loss_flow")  # stage I: the LLM is frozen
+    assert end < 0.9 * start, f"stage I loss_flow: {start:.4f} -> {end:.4f}"
+    start, end = first_last(read_scalars(runs["umm2"]), "loss_ntp")  # stage II: the LLM learns
+    assert end < 0.9 * start, f"stage II loss_ntp: {start:.4f} -> {end:.4f}"
+    pipe = HydraPipeline.from_pretrained(runs["umm2"] / "model")
+    (image,) = pipe.generate(["a red circle"], steps=2, seed=0)
+    assert image.size == (32, 32)
+
+
+def test_umm_stage1_leaves_llm_frozen_and_stage2_trains_it(runs):
+    from safetensors.torch import load_file
+
+    tok = load_file(runs["tok2"] / "model" / "model.safetensors")
+    s1 = load_file(runs["umm1"] / "model" / "model.safetensors")
+    s2 = load_file(runs["umm2"] / "model" / "model.safetensors")
+    gen_vit_key = "tokenizer.vit.blocks.0.attn.qkv.weight"
+    assert torch.equal(s1[gen_vit_key], tok[gen_vit_key[len("tokenizer."):]])
+    assert torch.equal(s2[gen_vit_key], s1[gen_vit_key])
+    llm_key = next(k for k in s1 if k.startswith("llm.model.layers.0.mlp"))
+    sem_key = "tokenizer.vit.blocks.3.mlp.fc1.weight"
+    assert not torch.equal(s1[sem_key], tok[sem_key[len("tokenizer."):]])
+    assert not torch.equal(s2[llm_key], s1[llm_key])
+
+
+def test_bad_stage_and_missing_data_are_clear():
+    from hydra_umm.train.recipes import train_tokenizer, train_umm
+
+    with pytest.raises(ValueError, match="stages 1, 2"):
+        train_tokenizer(load_config("tiny", ["stage=3", "data=shapes"]))
+    with pytest.raises(ValueError, match="init=<stage-1"):
+        train_tokenizer(load_config("tiny", ["stage=2", "data=shapes"]))
+    with pytest.raises(ValueError, match="umm.tokenizer_path"):
+        train_umm(load_config("tiny", ["stage=I", "data=shapes"]))
+    with pytest.raises(ValueError, match="no training data"):
+        open_sources("", ["t2i"], 32, 0)
+    with pytest.raises(ValueError, match="not a .jsonl manifest"):
+        open_sources("nowhere.csv", ["t2i"], 32, 0)
