@@ -320,6 +320,9 @@ class HydraModel(nn.Module):
         directory = Path(directory)
         if not (directory / "model.safetensors").is_file():
             raise FileNotFoundError(f"{directory} holds no model.safetensors; write one with save_pretrained")
+        if not (directory / "llm").is_dir():
+            raise FileNotFoundError(f"{directory} is not a HydraModel directory (no llm/ folder); a HYDRA-TOK "
+                                    "directory supports reconstruction only (hydra_umm.inference.load_pipeline)")
         cfg = load_config(directory / "config.json")
         llm_config = AutoConfig.from_pretrained(str(directory / "llm"))
         model = cls(cfg, load_text_tokenizer(str(directory)), llm_config=llm_config)
