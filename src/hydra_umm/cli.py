@@ -53,6 +53,13 @@ def _load_pipeline(args: argparse.Namespace):
     return HydraPipeline.from_pretrained(args.model, device=args.device)
 
 
+def _load_any_pipeline(args: argparse.Namespace):
+    """A HydraModel or a HYDRA-TOK directory (reconstruction needs only the tokenizer)."""
+    from hydra_umm.inference import load_pipeline
+
+    return load_pipeline(args.model, device=args.device)
+
+
 def _generate(args: argparse.Namespace) -> None:
     pipe = _load_pipeline(args)
     images = pipe.generate(
@@ -80,10 +87,74 @@ def _answer(args: argparse.Namespace) -> None:
 def _reconstruct(args: argparse.Namespace) -> None:
     from PIL import Image
 
-    pipe = _load_pipeline(args)
+    pipe = _load_any_pipeline(args)
     (image,) = pipe.reconstruct([Image.open(args.image).convert("RGB")], steps=args.steps, seed=args.seed)
     image.save(args.out)
     print(f"wrote {args.out}")
+
+
+# -------------------------------------------------------------------------------------- eval
+
+
+def _write_json(result: dict, out: str | None) -> None:
+    print(json.dumps(result, indent=2))
+    if out:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text(json.dumps(result, indent=2))
+        print(f"written to {out}")
+
+
+def _eval_recon(args: argparse.Namespace) -> None:
+    from hydra_umm.eval import evaluate_reconstruction
+    from hydra_umm.eval.frechet import INCEPTION_FILE
+
+    pipe = _load_any_pipeline(args)
+    result = evaluate_reconstruction(pipe, args.images, inception_weights=args.inception_weights,
+                                     size=pipe.tokenizer.cfg.image_size, steps=args.steps, seed=args.seed,
+                                     limit=args.limit)
+    if args.inception_weights is None:
+        print(f"rFID skipped: pass --inception-weights <{INCEPTION_FILE}> (a local file; nothing is downloaded)")
+    _write_json(result, args.out)
+
+
+def _eval_cknna(args: argparse.Namespace) -> None:
+    from hydra_umm.eval import cknna_pairs, load_images, plot_feature_maps
+    from hydra_umm.eval.alignment import alignment_features
+
+    pipe = _load_any_pipeline(args)
+    images = load_images(args.images, pipe.tokenizer.cfg.image_size, args.limit)
+    if len(images) <= args.k:
+        raise ValueError(f"CKNNA with --k {args.k} needs more than {args.k} images, got {len(images)}")
+    features, pairs = alignment_features(pipe, images, t=args.t, seed=args.seed)
+    _write_json(cknna_pairs(features, pairs, args.k), args.out)
+    if args.plot:
+        from hydra_umm.data.manifest import read_manifest
+
+        if not str(args.images).endswith(".jsonl"):
+            raise ValueError("--plot colours points by class: give --images a shapes-world manifest (.jsonl)")
+        labels = [r["scene"]["objects"][0]["shape"] for r in read_manifest(args.images)[: len(images)]]
+        shown = {k: features[k] for k in ("generation", "understanding") if k in features}
+        shown = shown or {k: v for k, v in features.items() if k.endswith(f"/{pipe.tokenizer.cfg.depth - 1}")}
+        print(f"plot written to {plot_feature_maps(shown, labels, args.plot)}")
+
+
+def _eval_report(args: argparse.Namespace) -> None:
+    from hydra_umm.data.manifest import read_manifest
+    from hydra_umm.data.shapes import score_image
+    from hydra_umm.eval import load_images, report_run
+    from hydra_umm.eval.benchmarks.geneval import read_geneval_metadata
+
+    pipe = _load_pipeline(args) if args.model else None
+    size = pipe.tokenizer.cfg.image_size if pipe else None
+    page = report_run(
+        args.run,
+        pipeline=pipe,
+        images=load_images(args.images, size, args.limit) if args.images and pipe else (),
+        prompts=read_geneval_metadata(args.metadata)[: args.limit] if args.metadata else (),
+        qa_records=read_manifest(args.manifest)[: args.limit] if args.manifest else (),
+        scorer=lambda image, meta: float(score_image(image, meta)["correct"]),
+    )
+    print(f"report written to {page}")
 
 
 # ------------------------------------------------------------------------------- bench, demo
@@ -169,6 +240,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p.add_argument("--steps", type=int, default=None)
     p.set_defaults(func=_reconstruct)
+
+    evaluate = sub.add_parser("eval", help="evaluation: metrics, alignment and the HTML report").add_subparsers(
+        dest="action", required=True)
+    p = evaluate.add_parser("recon", help="reconstruction PSNR, SSIM and (with Inception weights) rFID")
+    model_args(p)
+    p.add_argument("--images", required=True, help="an image folder or a JSONL manifest")
+    p.add_argument("--inception-weights", default=None, help="local pt_inception-2015-12-05 weights for rFID")
+    p.add_argument("--limit", type=int, default=None, help="use the first N images")
+    p.add_argument("--steps", type=int, default=None, help="decoder ODE steps")
+    p.add_argument("--out", default=None, help="also write the result as JSON here")
+    p.set_defaults(func=_eval_recon)
+    p = evaluate.add_parser("cknna", help="CKNNA: tokenizer layers vs teacher, generation vs understanding")
+    model_args(p)
+    p.add_argument("--images", required=True, help="an image folder or a JSONL manifest")
+    p.add_argument("--k", type=int, default=10, help="nearest neighbours")
+    p.add_argument("--t", type=float, default=0.5, help="flow time of the generation branch's noised latent")
+    p.add_argument("--limit", type=int, default=256)
+    p.add_argument("--out", default=None, help="also write the result as JSON here")
+    p.add_argument("--plot", default=None, help="a PNG of t-SNE maps coloured by class (needs a shapes manifest)")
+    p.set_defaults(func=_eval_cknna)
+    p = evaluate.add_parser("report", help="one HTML page of a run: curves, metrics, samples, answers")
+    p.add_argument("--run", required=True, help="the run folder (TensorBoard logs, eval/*.json)")
+    p.add_argument("--model", default=None, help="a saved HydraModel to draw samples and answers from")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--images", default=None, help="images to reconstruct (folder or manifest)")
+    p.add_argument("--metadata", default=None, help="GenEval-style prompt metadata to generate from")
+    p.add_argument("--manifest", default=None, help="a manifest whose questions are answered")
+    p.add_argument("--limit", type=int, default=8)
+    p.set_defaults(func=_eval_report)
 
     p = sub.add_parser("bench", help="speed benchmarks, as ratios against references measured in the same run")
     p.add_argument("--out", default="bench.json")

@@ -169,11 +169,11 @@ def test_stage2_returns_flow_lpips_gan_and_a_separate_discriminator_loss(cfg, st
 
 
 def test_student_starts_as_the_teacher(model, cfg, images):
-    taps = {1: None}  # a Gen-ViT layer (gen_depth = 3)
-    with torch.no_grad():
-        model._gen(images, taps)
-        teacher = model.teacher_features(images)
-    assert torch.allclose(taps[1], teacher[1], atol=1e-6)
+    student, teacher = model.student_features(images), model.teacher_features(images)
+    assert set(student) == set(teacher) == set(cfg.distill_layers)
+    assert torch.allclose(student[1], teacher[1], atol=1e-6)  # a Gen-ViT layer (gen_depth = 3): same weights
+    assert not torch.allclose(student[5], teacher[5], atol=1e-3)  # Sem-ViT reads h' from the untrained GSB
+    assert student[5].shape == teacher[5].shape == (len(images), 64, cfg.width)
     for (name, p), q in zip(model.vit.named_parameters(), model.teacher.parameters()):
         assert torch.equal(p, q), name
 

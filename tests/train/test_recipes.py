@@ -15,7 +15,7 @@ from hydra_umm.train.recipes import open_sources
 SMALL = [
     "tokenizer.image_size=32", "tokenizer.width=64", "tokenizer.depth=4", "tokenizer.gen_depth=2",
     "tokenizer.num_heads=2", "tokenizer.distill_layers=[1,3]", "tokenizer.latent_dim=16",
-    "tokenizer.decoder_width=64", "tokenizer.decoder_depth=2", "tokenizer.decoder_heads=2",
+    "tokenizer.decoder_width=192", "tokenizer.decoder_depth=2", "tokenizer.decoder_heads=2",
     "tokenizer.decode_steps=2", "tokenizer.disc_width=8",
     "llm.hidden_size=64", "llm.num_layers=2", "llm.num_heads=2", "llm.num_kv_heads=1",
     "llm.intermediate_size=128", "llm.vocab_size=512", "umm.head_width=64", "umm.head_depth=1", "umm.head_heads=2",

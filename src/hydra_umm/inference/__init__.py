@@ -1,5 +1,5 @@
-"""Inference: the user-facing HYDRA pipeline (text-to-image, understanding, reconstruction)."""
+"""Inference: the user-facing pipelines (text-to-image, understanding, reconstruction)."""
 
-from hydra_umm.inference.pipeline import HydraPipeline
+from hydra_umm.inference.pipeline import HydraPipeline, TokenizerPipeline, load_pipeline
 
-__all__ = ["HydraPipeline"]
+__all__ = ["HydraPipeline", "TokenizerPipeline", "load_pipeline"]

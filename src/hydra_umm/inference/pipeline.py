@@ -25,6 +25,7 @@ from torch import Tensor
 from hydra_umm import flow
 from hydra_umm.inference.kv_cache import CachedSequence
 from hydra_umm.models.hydra import HydraModel
+from hydra_umm.models.hydra_tok import HydraTok
 from hydra_umm.models.llm import Image, Text
 
 ImageInput = Union[PILImage.Image, Tensor]  # PIL image, or a (3, H, W) tensor in [-1, 1]
@@ -44,25 +45,48 @@ def tensor_to_pil(images: Tensor) -> list[PILImage.Image]:
     return [PILImage.fromarray(p.permute(1, 2, 0).cpu().numpy()) for p in pixels]
 
 
-class HydraPipeline:
+class TokenizerPipeline:
+    """HYDRA-TOK alone (a directory written by ``HydraTok.save_pretrained``): reconstruction."""
+
+    def __init__(self, tokenizer: HydraTok):
+        self.tokenizer = tokenizer.eval()
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, device: str | torch.device = "cpu") -> "TokenizerPipeline":
+        return cls(HydraTok.from_pretrained(directory).to(device))
+
+    @property
+    def device(self) -> torch.device:
+        return self.tokenizer.pixel_mean.device
+
+    def _generator(self, seed: int) -> torch.Generator:
+        return torch.Generator(device=self.device).manual_seed(seed)
+
+    def pixels(self, images: Sequence[ImageInput]) -> Tensor:
+        """PIL images (resized to the model's size) or (3, H, W) tensors -> (B, 3, H, W) in [-1, 1] on the device."""
+        size = self.tokenizer.cfg.image_size
+        x = [pil_to_tensor(im, size) if isinstance(im, PILImage.Image) else im for im in images]
+        return torch.stack(x).to(self.device)
+
+    @torch.no_grad()
+    def reconstruct(
+        self, images: Sequence[ImageInput], steps: Optional[int] = None, seed: int = 0
+    ) -> list[PILImage.Image]:
+        """Encode (GSB mean) and decode through HYDRA-TOK; ``steps`` of the pixel decoder's ODE."""
+        z = self.tokenizer.encode(self.pixels(images))
+        return tensor_to_pil(self.tokenizer.decode(z, steps=steps, generator=self._generator(seed)))
+
+
+class HydraPipeline(TokenizerPipeline):
+    """A saved HydraModel: generate, answer and (through its HYDRA-TOK) reconstruct."""
+
     def __init__(self, model: HydraModel):
+        super().__init__(model.tokenizer)
         self.model = model.eval()
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, device: str | torch.device = "cpu") -> "HydraPipeline":
         return cls(HydraModel.from_pretrained(directory).to(device))
-
-    @property
-    def device(self) -> torch.device:
-        return self.model.device
-
-    def _generator(self, seed: int) -> torch.Generator:
-        return torch.Generator(device=self.device).manual_seed(seed)
-
-    def _images(self, images: Sequence[ImageInput]) -> Tensor:
-        size = self.model.cfg.tokenizer.image_size
-        x = [pil_to_tensor(im, size) if isinstance(im, PILImage.Image) else im for im in images]
-        return torch.stack(x).to(self.device)
 
     # ------------------------------------------------------------------------------ text-to-image
 
@@ -150,7 +174,7 @@ class HydraPipeline:
         model, B, eos = self.model, len(questions), self.model.ids["eos"]
         generator = self._generator(seed)
         prompts = [model.understanding_segments(q) for q in questions]
-        visual = model.visual_tokens(model.latents(self._images(images)), torch.ones(B, device=self.device))
+        visual = model.visual_tokens(model.latents(self.pixels(images)), torch.ones(B, device=self.device))
         lm_head, embed_tokens = model.llm.lm_head, model.llm.get_input_embeddings()
         generated: list[Tensor] = []  # each (B,)
 
@@ -200,12 +224,11 @@ class HydraPipeline:
         ids = self.answer_ids(images, questions, max_new_tokens, temperature, seed, use_cache)
         return [self.model.text_tokenizer.decode(row, skip_special_tokens=True) for row in ids]
 
-    # ------------------------------------------------------------------------------ reconstruction
 
-    @torch.no_grad()
-    def reconstruct(
-        self, images: Sequence[ImageInput], steps: Optional[int] = None, seed: int = 0
-    ) -> list[PILImage.Image]:
-        """Encode (GSB mean) and decode through HYDRA-TOK; ``steps`` of the pixel decoder's ODE."""
-        z = self.model.latents(self._images(images))
-        return tensor_to_pil(self.model.tokenizer.decode(z, steps=steps, generator=self._generator(seed)))
+def load_pipeline(directory: str | Path, device: str | torch.device = "cpu") -> TokenizerPipeline:
+    """The pipeline a saved directory supports: a HydraModel (it has an ``llm/`` folder) or HYDRA-TOK alone."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise FileNotFoundError(f"model directory not found: {directory}")
+    kind = HydraPipeline if (directory / "llm").is_dir() else TokenizerPipeline
+    return kind.from_pretrained(directory, device)

@@ -187,6 +187,15 @@ class HydraTok(nn.Module):
         return self.sem_features(self.bottleneck.reconstruct(self.encode(images)))
 
     @torch.no_grad()
+    def student_features(self, images: Tensor) -> dict[int, Tensor]:
+        """Student patch tokens after each block in cfg.distill_layers, through the posterior mean
+        (the deterministic path; the counterpart of :meth:`teacher_features`)."""
+        taps = dict.fromkeys(self.cfg.distill_layers)
+        mu, _ = self.bottleneck.compress(self._gen(images, taps))
+        self._sem(self.bottleneck.reconstruct(mu), taps)
+        return taps
+
+    @torch.no_grad()
     def teacher_features(self, images: Tensor) -> dict[int, Tensor]:
         """Teacher patch tokens after each block in cfg.distill_layers."""
         check_image_size(images, self.cfg)

@@ -6,22 +6,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Callable
 
+from hydra_umm.data.shapes import score_generations
 from hydra_umm.eval.benchmarks.generation import GenerationSettings
 from hydra_umm.eval.benchmarks.geneval import write_geneval
 
 Scorer = Callable[[Path, Path], Any]
-
-
-def shapes_scorer() -> Scorer:
-    """``hydra_umm.data.shapes.score_generations(images_dir, metadata_file)``, imported on use."""
-    try:
-        from hydra_umm.data.shapes import score_generations
-    except ImportError as e:
-        raise ImportError(
-            "shapes-world scoring needs hydra_umm.data.shapes.score_generations(images_dir, metadata_file), "
-            f"which is not importable here ({e})"
-        ) from e
-    return score_generations
 
 
 def evaluate_shapes_geneval(
@@ -32,7 +21,8 @@ def evaluate_shapes_geneval(
     settings: GenerationSettings = GenerationSettings(),
     scorer: Scorer | None = None,
 ) -> Any:
-    """Generate into GenEval's layout under ``out_dir`` and return the scorer's result for it."""
-    score = scorer or shapes_scorer()
+    """Generate into GenEval's layout under ``out_dir`` and return the scorer's result for it
+    (default: the shapes world's deterministic scorer)."""
+    score = scorer or score_generations
     images_dir = write_geneval(pipeline, metadata_file, out_dir, n_samples=n_samples, settings=settings)
     return score(images_dir, Path(metadata_file))

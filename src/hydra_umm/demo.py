@@ -1,0 +1,172 @@
+"""The main job (`make demo`): train and show a working HYDRA on the shapes world, on one CPU.
+
+    1. a shapes-world data set (images, manifests, GenEval-style prompts)
+    2. a small semantic teacher ViT (the stand-in for InternViT), then HYDRA-TOK stages 1 and 2
+       initialised from and distilled against it, then HYDRA stages I, II and III with a tiny Qwen2
+    3. evaluation on the held-out test split: reconstruction PSNR/SSIM, the shapes-world GenEval
+       score per category, VQA accuracy per question type, CKNNA generation vs understanding
+    4. the HTML report, and the headline numbers in the terminal
+
+Every step that already has its output is reused, so a second run only re-evaluates. The final
+model is ``<out>/model`` (a link to the last stage's model), ready for ``hydra-umm generate``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from hydra_umm.config import Config, load_config
+
+MODEL_WEIGHTS = "model.safetensors"
+
+
+@dataclass(frozen=True)
+class DemoPlan:
+    """How much of everything the demo does (steps per stage, data and evaluation sizes)."""
+
+    scenes: int
+    teacher_steps: int
+    tokenizer_steps: dict[str, int]  # stage -> steps
+    umm_steps: dict[str, int]
+    batch_size: int = 16
+    eval_images: int = 64  # test images for reconstruction, CKNNA and VQA
+    eval_prompts: int = 10  # GenEval-style prompts per category
+    samples_per_prompt: int = 2
+    overrides: tuple[str, ...] = field(default_factory=tuple)  # config overrides on the tiny preset
+
+
+PLANS = {
+    "full": DemoPlan(
+        scenes=4000, teacher_steps=600, tokenizer_steps={"1": 1500, "2": 300},
+        umm_steps={"I": 600, "II": 900, "III": 300},
+    ),
+    "fast": DemoPlan(
+        scenes=400, teacher_steps=60, tokenizer_steps={"1": 60, "2": 10}, umm_steps={"I": 40, "II": 40, "III": 20},
+        batch_size=8, eval_images=16, eval_prompts=2, samples_per_prompt=1,
+    ),
+}
+
+
+def _done(model_dir: Path) -> bool:
+    return (model_dir / MODEL_WEIGHTS).is_file()
+
+
+def _stage_config(plan: DemoPlan, data: str, out_dir: Path, stage: str, steps: int, *extra: str) -> Config:
+    return load_config("tiny", [
+        *plan.overrides, f"data={data}", f"stage={stage}", f"train.steps={steps}", f"train.out_dir={out_dir}",
+        f"train.batch_size={plan.batch_size}", f"train.warmup={max(1, steps // 20)}", "train.num_workers=0",
+        f"train.val_every={max(1, steps // 4)}", f"train.ckpt_every={max(1, steps // 4)}", "train.keep_last=1",
+        f"train.log_every={max(1, steps // 50)}", *extra,
+    ])
+
+
+def train_all(out: Path, plan: DemoPlan, say=print) -> Path:
+    """Steps 1 and 2; returns the final HYDRA model directory (``<out>/model``)."""
+    from hydra_umm.data.shapes import make_dataset
+    from hydra_umm.train.recipes import train_tokenizer, train_umm
+    from hydra_umm.train.teacher import WEIGHTS_FILE, train_teacher
+
+    data_dir = out / "data"
+    if not (data_dir / "summary.json").is_file():
+        say(f"[1/4] rendering {plan.scenes} shapes-world scenes into {data_dir}")
+        make_dataset(data_dir, n=plan.scenes, size=64, seed=0, prompts_per_tag=plan.eval_prompts)
+    data = f"{data_dir / 'train.jsonl'},{data_dir / 'val.jsonl'}"
+
+    teacher = out / "teacher" / WEIGHTS_FILE
+    if not teacher.is_file():
+        say(f"[2/4] training the semantic teacher ViT ({plan.teacher_steps} steps)")
+        train_teacher(load_config("tiny", list(plan.overrides)), teacher.parent, steps=plan.teacher_steps,
+                      n_scenes=plan.scenes, batch_size=plan.batch_size * 2, lr=1e-3)
+
+    previous = ""
+    for stage, steps in plan.tokenizer_steps.items():
+        run = out / f"tokenizer-{stage}"
+        if not _done(run / "model"):
+            say(f"[2/4] HYDRA-TOK stage {stage} ({steps} steps)")
+            extra = [f"tokenizer.teacher_weights={teacher}"] + ([f"init={previous}"] if previous else [])
+            train_tokenizer(_stage_config(plan, data, run, stage, steps, *extra))
+        previous = str(run / "model")
+
+    tokenizer, previous = previous, ""
+    for stage, steps in plan.umm_steps.items():
+        run = out / f"hydra-{stage}"
+        if not _done(run / "model"):
+            say(f"[2/4] HYDRA stage {stage} ({steps} steps)")
+            extra = [f"init={previous}"] if previous else [f"umm.tokenizer_path={tokenizer}"]
+            train_umm(_stage_config(plan, data, run, stage, steps, *extra))
+        previous = str(run / "model")
+
+    model = out / "model"
+    if model.is_symlink() or model.exists():
+        model.unlink()
+    model.symlink_to(Path(previous).relative_to(out))
+    return model
+
+
+def evaluate_all(out: Path, plan: DemoPlan, model_dir: Path, say=print) -> dict:
+    """Step 3: metrics on the test split, each written to ``<out>/eval/<name>.json``."""
+    from hydra_umm.data.manifest import read_manifest
+    from hydra_umm.eval import evaluate_reconstruction, load_images
+    from hydra_umm.eval.alignment import evaluate_cknna
+    from hydra_umm.eval.benchmarks.generation import GenerationSettings
+    from hydra_umm.eval.benchmarks.shapes_geneval import evaluate_shapes_geneval
+    from hydra_umm.eval.benchmarks.shapes_vqa import evaluate_shapes_vqa
+    from hydra_umm.inference import HydraPipeline
+
+    say("[3/4] evaluating on the held-out test split")
+    pipe = HydraPipeline.from_pretrained(model_dir)
+    data_dir = out / "data"
+    test = read_manifest(data_dir / "test.jsonl")[: plan.eval_images]
+    images = load_images(data_dir / "test.jsonl", pipe.tokenizer.cfg.image_size, plan.eval_images)
+    vqa = evaluate_shapes_vqa(pipe, test)
+    geneval = evaluate_shapes_geneval(pipe, data_dir / "evaluation_metadata.jsonl", out / "eval" / "geneval",
+                                      n_samples=plan.samples_per_prompt, settings=GenerationSettings(seed=0))
+    results = {
+        "reconstruction": evaluate_reconstruction(pipe, images),
+        "generation": {"overall": geneval["overall"], **{t: c["accuracy"] for t, c in geneval["categories"].items()}},
+        "understanding": {"overall": vqa["accuracy"], "majority baseline": vqa["majority_baseline"],
+                          **{f"{t}": v["accuracy"] for t, v in vqa["per_type"].items()},
+                          **{f"{t} (majority)": v["majority_baseline"] for t, v in vqa["per_type"].items()}},
+        "alignment": evaluate_cknna(pipe, images, k=min(10, len(images) - 1)),
+    }
+    for name, table in results.items():
+        path = out / "eval" / f"{name}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(table, indent=2) + "\n")
+    return results
+
+
+def run_demo(out: str | Path = "runs/demo", fast: bool = False, say=print) -> dict:
+    """The whole job; returns the evaluation tables."""
+    from hydra_umm.data.manifest import read_manifest
+    from hydra_umm.data.shapes import score_image
+    from hydra_umm.eval import load_images, report_run
+    from hydra_umm.eval.benchmarks.geneval import read_geneval_metadata
+    from hydra_umm.inference import HydraPipeline
+
+    plan = PLANS["fast" if fast else "full"]
+    out = Path(out) / ("fast" if fast else "")
+    start = time.perf_counter()
+    model_dir = train_all(out, plan, say)
+    results = evaluate_all(out, plan, model_dir, say)
+    say("[4/4] writing the report")
+    pipe = HydraPipeline.from_pretrained(model_dir)
+    data_dir = out / "data"
+    page = report_run(
+        out, pipeline=pipe,
+        images=load_images(data_dir / "test.jsonl", pipe.tokenizer.cfg.image_size, 8),
+        prompts=read_geneval_metadata(data_dir / "evaluation_metadata.jsonl")[:: max(1, plan.eval_prompts // 2)],
+        qa_records=read_manifest(data_dir / "test.jsonl")[:4],
+        scorer=lambda image, meta: float(score_image(image, meta)["correct"]),
+    )
+    recon, gen, und = results["reconstruction"], results["generation"], results["understanding"]
+    say(f"\nreconstruction: PSNR {recon['psnr']:.2f} dB, SSIM {recon['ssim']:.3f}")
+    say("generation (shapes GenEval): " + ", ".join(f"{k} {v:.2f}" for k, v in gen.items()))
+    say(f"understanding (VQA): overall {und['overall']:.2f} (majority baseline {und['majority baseline']:.2f})")
+    say("alignment (CKNNA): " + ", ".join(f"{k} {v:.3f}" for k, v in results["alignment"].items()))
+    say(f"report: {page}\nmodel: {model_dir} (try: hydra-umm generate --model {model_dir} --prompt 'a red circle'"
+        f" --out red.png)\ntook {time.perf_counter() - start:.0f} s")
+    return results
