@@ -57,7 +57,7 @@ class TokenizerPipeline:
 
     @property
     def device(self) -> torch.device:
-        return self.tokenizer.pixel_mean.device
+        return self.tokenizer.normalise.mean.device
 
     def _generator(self, seed: int) -> torch.Generator:
         return torch.Generator(device=self.device).manual_seed(seed)

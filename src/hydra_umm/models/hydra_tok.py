@@ -37,7 +37,7 @@ from hydra_umm.losses.distillation import distillation_loss
 from hydra_umm.models.bottleneck import GenerationSemanticBottleneck, consistency_loss, kl_loss
 from hydra_umm.models.discriminator import PatchDiscriminator
 from hydra_umm.models.pixel_decoder import PixelFlowDecoder
-from hydra_umm.models.vit import build_vit, check_image_size
+from hydra_umm.models.vit import InputNormalization, build_vit, check_image_size
 
 CONFIG_FILE, WEIGHTS_FILE = "config.json", "model.safetensors"
 
@@ -67,9 +67,7 @@ class HydraTok(nn.Module):
         )
         self.discriminator = PatchDiscriminator(cfg.disc_width)
         self.teacher = build_vit(cfg).requires_grad_(False).eval()
-        mean, std = torch.tensor(cfg.image_mean), torch.tensor(cfg.image_std)
-        self.register_buffer("pixel_mean", mean.view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("pixel_std", std.view(1, 3, 1, 1), persistent=False)
+        self.normalise = InputNormalization(cfg)
         # frozen loss networks (LPIPS' VGG16) live outside the parameter tree: built on first use, never saved
         self._loss_networks: dict[str, nn.Module] = {}
         if load_weights and cfg.teacher_weights:
@@ -138,10 +136,6 @@ class HydraTok(nn.Module):
 
     # ------------------------------------------------------------------ encoder
 
-    def _normalise(self, images: Tensor) -> Tensor:
-        """[-1, 1] -> [0, 1] -> (x - mean) / std, the ViT's input statistics."""
-        return ((images + 1) / 2 - self.pixel_mean) / self.pixel_std
-
     @staticmethod
     def _blocks(vit: VisionTransformer, x: Tensor, layers: range, taps: dict[int, Tensor]) -> Tensor:
         """Run ``vit.blocks[i]`` for i in ``layers``; patch tokens after block i go to taps[i] if i is a key."""
@@ -158,7 +152,7 @@ class HydraTok(nn.Module):
 
     def _gen(self, images: Tensor, taps: dict[int, Tensor]) -> Tensor:
         check_image_size(images, self.cfg)
-        x = self._embed(self.vit, self._normalise(images))
+        x = self._embed(self.vit, self.normalise(images))
         x = self._blocks(self.vit, x, range(self.cfg.gen_depth), taps)
         return x[:, self.num_prefix_tokens :]
 
@@ -200,7 +194,7 @@ class HydraTok(nn.Module):
         """Teacher patch tokens after each block in cfg.distill_layers."""
         check_image_size(images, self.cfg)
         taps = dict.fromkeys(self.cfg.distill_layers)
-        self._blocks(self.teacher, self._embed(self.teacher, self._normalise(images)), range(max(taps) + 1), taps)
+        self._blocks(self.teacher, self._embed(self.teacher, self.normalise(images)), range(max(taps) + 1), taps)
         return taps
 
     # ------------------------------------------------------------------ decoder

@@ -8,8 +8,9 @@ The paper preset reproduces the timm model exactly (24 blocks, width 1024, 16 he
 from __future__ import annotations
 
 import timm
+import torch
 from timm.models.vision_transformer import VisionTransformer
-from torch import Tensor
+from torch import Tensor, nn
 
 from hydra_umm.config import TokenizerConfig
 
@@ -48,3 +49,15 @@ def check_image_size(images: Tensor, cfg: TokenizerConfig) -> None:
         raise ValueError(f"image size {h}x{w} is not a multiple of the patch size {p}")
     if (h, w) != (s, s):
         raise ValueError(f"image size {h}x{w} does not match the configured image_size {s}x{s}")
+
+
+class InputNormalization(nn.Module):
+    """Pixels in [-1, 1] -> the ViT's input statistics: [0, 1], then (x - mean) / std per channel."""
+
+    def __init__(self, cfg: TokenizerConfig):
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(cfg.image_mean).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(cfg.image_std).view(1, 3, 1, 1), persistent=False)
+
+    def forward(self, images: Tensor) -> Tensor:
+        return ((images + 1) / 2 - self.mean) / self.std
