@@ -40,8 +40,8 @@ class DemoPlan:
 
 PLANS = {
     "full": DemoPlan(
-        scenes=4000, teacher_steps=600, tokenizer_steps={"1": 1500, "2": 300},
-        umm_steps={"I": 600, "II": 900, "III": 300},
+        scenes=4000, teacher_steps=400, tokenizer_steps={"1": 900, "2": 150},
+        umm_steps={"I": 300, "II": 500, "III": 200},
     ),
     "fast": DemoPlan(
         scenes=400, teacher_steps=60, tokenizer_steps={"1": 60, "2": 10}, umm_steps={"I": 40, "II": 40, "III": 20},

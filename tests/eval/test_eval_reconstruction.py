@@ -5,6 +5,7 @@ import pytest
 from PIL import Image
 from skimage.metrics import peak_signal_noise_ratio
 
+from hydra_umm.data.transforms import to_tensor
 from hydra_umm.eval.reconstruction import evaluate_reconstruction, load_images
 
 
@@ -66,8 +67,8 @@ def test_rfid_is_computed_on_inception_features_of_both_sets(shapes_like_images,
     monkeypatch.setattr(reconstruction, "load_inception", lambda path: ChannelStats())
     folder = shapes_like_images[0].parent
     result = evaluate_reconstruction(make_fake_pipeline(noise=20.0), folder, inception_weights="given.pth")
-    originals = reconstruction.to_tensor(load_images(folder))
-    recons = reconstruction.to_tensor(make_fake_pipeline(noise=20.0).reconstruct(load_images(folder), seed=0))
+    originals = to_tensor(load_images(folder))
+    recons = to_tensor(make_fake_pipeline(noise=20.0).reconstruct(load_images(folder), seed=0))
     net = ChannelStats()
     feats = [net(((t + 1) * 127.5).round().to(torch.uint8))[0].detach().double().numpy() for t in (originals, recons)]
     assert result["rfid"] == pytest.approx(fid_from_features(*feats), rel=1e-9)

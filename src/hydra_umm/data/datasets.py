@@ -33,13 +33,12 @@ from torch.utils.data import Dataset, IterableDataset
 from hydra_umm.data.manifest import read_manifest
 from hydra_umm.data.shapes import render
 from hydra_umm.data.shapes.writer import indexed_splits, scene_record
-from hydra_umm.data.transforms import ImageTransform
+from hydra_umm.data.transforms import IMAGE_EXTENSIONS, ImageTransform
 
 log = logging.getLogger(__name__)
 
 TASKS = ("instruction", "caption", "t2i")
 DESCRIBE = "Describe the image."
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 IMAGE_TOKEN = "<image>"  # LLaVA's placeholder for the image inside the first human turn
 
 

@@ -1,36 +1,53 @@
-"""PIL images <-> the project's pixel tensors: float (3, S, S) in [-1, 1].
+"""PIL images <-> the project's pixel tensors: float (3, S, S) in [-1, 1]. The one place that converts.
 
-Resize the shorter side to S, centre-crop S x S, scale to [-1, 1]. The encoder's own
+Resize the shorter side to S (bicubic), centre-crop S x S, scale to [-1, 1]. The encoder's own
 normalisation (ImageNet mean/std for InternViT) happens inside the model, not here.
 """
 
 from __future__ import annotations
 
+from typing import Sequence
+
+import numpy as np
 import torch
 from PIL import Image
-from torchvision.transforms import v2
-from torchvision.transforms.functional import to_pil_image
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")  # image files the loaders pick up
+
+
+def resize_crop(image: Image.Image, size: int) -> Image.Image:
+    """An RGB image whose shorter side is resized to ``size`` (bicubic) and centre-cropped square."""
+    if size <= 0:
+        raise ValueError(f"image size must be positive, got {size}")
+    image = image.convert("RGB")
+    w, h = image.size
+    if (w, h) == (size, size):
+        return image
+    scale = size / min(w, h)
+    image = image.resize((max(size, round(w * scale)), max(size, round(h * scale))), Image.Resampling.BICUBIC)
+    w, h = image.size
+    left, top = (w - size) // 2, (h - size) // 2
+    return image.crop((left, top, left + size, top + size))
+
+
+def to_tensor(images: Image.Image | Sequence[Image.Image]) -> torch.Tensor:
+    """One RGB image -> (3, H, W), or a sequence of images of one size -> (B, 3, H, W), in [-1, 1]."""
+    if isinstance(images, Image.Image):
+        return to_tensor([images])[0]
+    arrays = np.stack([np.asarray(im.convert("RGB"), dtype=np.float32) for im in images])
+    return torch.from_numpy(arrays).permute(0, 3, 1, 2) / 127.5 - 1.0
 
 
 class ImageTransform:
-    """``transform(pil) -> (3, size, size)`` float tensor in [-1, 1]."""
+    """``transform(pil) -> (3, size, size)`` float tensor in [-1, 1]: :func:`resize_crop` then :func:`to_tensor`."""
 
     def __init__(self, size: int):
         if size <= 0:
             raise ValueError(f"image size must be positive, got {size}")
         self.size = size
-        self.pipeline = v2.Compose(
-            [
-                v2.ToImage(),
-                v2.Resize(size, interpolation=v2.InterpolationMode.BICUBIC, antialias=True),
-                v2.CenterCrop(size),
-                v2.ToDtype(torch.float32, scale=True),  # [0, 1]
-                v2.Normalize(mean=[0.5, 0.5, 0.5], std=[0.5, 0.5, 0.5]),  # [-1, 1]
-            ]
-        )
 
     def __call__(self, image: Image.Image) -> torch.Tensor:
-        return self.pipeline(image.convert("RGB")).clamp_(-1.0, 1.0)  # bicubic may overshoot
+        return to_tensor(resize_crop(image, self.size))
 
 
 def to_pil(images: torch.Tensor) -> list[Image.Image]:
@@ -40,4 +57,4 @@ def to_pil(images: torch.Tensor) -> list[Image.Image]:
     if images.dim() != 4 or images.shape[1] != 3:
         raise ValueError(f"expected (B, 3, H, W) or (3, H, W) images, got shape {tuple(images.shape)}")
     pixels = ((images.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-    return [to_pil_image(p) for p in pixels]
+    return [Image.fromarray(p.permute(1, 2, 0).numpy()) for p in pixels]

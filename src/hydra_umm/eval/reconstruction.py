@@ -11,51 +11,31 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Sequence
 
-import numpy as np
-import torch
 from PIL import Image
 
 from hydra_umm.data.manifest import read_manifest
+from hydra_umm.data.transforms import IMAGE_EXTENSIONS, resize_crop, to_tensor
 from hydra_umm.eval.frechet import load_inception, rfid
 from hydra_umm.eval.metrics import psnr, ssim
-
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
-
 
 def image_paths(source: str | Path) -> list[Path]:
     """Image files of a folder (sorted) or the ``image`` paths of a JSONL manifest."""
     source = Path(source)
     if source.is_dir():
-        paths = sorted(p for p in source.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+        paths = sorted(p for p in source.iterdir() if p.suffix.lower() in IMAGE_EXTENSIONS)
     elif source.is_file():
         paths = [Path(r["image"]) for r in read_manifest(source)]
     else:
         raise FileNotFoundError(f"no image folder or manifest at {source}")
     if not paths:
-        raise ValueError(f"no images ({', '.join(IMAGE_SUFFIXES)}) in {source}")
+        raise ValueError(f"no images ({', '.join(IMAGE_EXTENSIONS)}) in {source}")
     return paths
-
-
-def center_crop_resize(image: Image.Image, size: int) -> Image.Image:
-    """Resize the shorter side to ``size`` (bicubic) and crop the centre square."""
-    w, h = image.size
-    scale = size / min(w, h)
-    image = image.resize((max(size, round(w * scale)), max(size, round(h * scale))), Image.Resampling.BICUBIC)
-    w, h = image.size
-    left, top = (w - size) // 2, (h - size) // 2
-    return image.crop((left, top, left + size, top + size))
 
 
 def load_images(source: str | Path, size: int | None = None, limit: int | None = None) -> list[Image.Image]:
     """RGB images from a folder or manifest, optionally cropped to ``size``."""
     images = [Image.open(p).convert("RGB") for p in image_paths(source)[:limit]]
-    return [center_crop_resize(im, size) for im in images] if size else images
-
-
-def to_tensor(images: Sequence[Image.Image]) -> torch.Tensor:
-    """PIL RGB images of one size -> (B, 3, H, W) float in [-1, 1]."""
-    arrays = np.stack([np.asarray(im.convert("RGB"), dtype=np.float32) for im in images])
-    return torch.from_numpy(arrays).permute(0, 3, 1, 2) / 127.5 - 1
+    return [resize_crop(im, size) for im in images] if size else images
 
 
 def reconstruct(pipeline: Any, images: Sequence[Image.Image], batch_size: int = 8, steps: int | None = None,
@@ -94,7 +74,7 @@ def evaluate_reconstruction(
     if isinstance(source, (str, Path)):
         images = load_images(source, size, limit)
     else:
-        images = [center_crop_resize(im, size) for im in source] if size else list(source)
+        images = [resize_crop(im, size) for im in source] if size else list(source)
     originals = to_tensor(images)
     recons = to_tensor(reconstruct(pipeline, images, batch_size, steps, seed))
     result = {"n": float(len(images)), "psnr": psnr(originals, recons).mean().item(),
