@@ -5,15 +5,6 @@ from PIL import Image
 from hydra_umm.eval.features import embed_2d, plot_feature_maps
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny problems: OpenMP threads only contend on the shared CPU."""
-    from threadpoolctl import threadpool_limits
-
-    with threadpool_limits(1):
-        yield
-
-
 @pytest.fixture(scope="module")
 def clusters():
     """Three well-separated classes in 12-d."""

@@ -54,15 +54,6 @@ def test_missing_inception_weights_error_is_clear(given, tmp_path):
         assert str(path) in message
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Small batches: more threads only contend on the shared CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def random_inception_file(tmp_path_factory):
     """torch-fidelity's Inception-v3 with random weights, saved as a local weights file."""

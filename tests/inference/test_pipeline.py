@@ -16,14 +16,6 @@ TEXTS = ["a red square", "a blue circle on the left", "what colour is the square
 PROMPTS = ["a red square", "a blue circle on the left of a big green triangle"]  # different lengths: padding
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def pipe():
     """A tiny random HydraModel whose zero-initialised vision-head layers are randomised, so that

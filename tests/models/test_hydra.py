@@ -32,15 +32,6 @@ def und(colour):
     return {"kind": "und", "image": square(colour), "prompt": QUESTION, "target": colour}
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """The machine's cores are shared: one thread avoids oversubscription stalls."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def model():
     torch.manual_seed(0)

@@ -38,15 +38,6 @@ def psnr(x: torch.Tensor, y: torch.Tensor) -> float:
     return (10 * torch.log10(4 / ((x - y) ** 2).mean())).item()
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # the test machine's cores are shared: OpenMP threads spinning against other processes are far slower
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def cfg():
     return load_config("tiny").tokenizer

@@ -35,7 +35,6 @@ def first_last(curves, name, k=4):
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("recipes")
-    torch.set_num_threads(1)
     tok1, tok2, umm1, umm2 = (root / name for name in ("tok1", "tok2", "umm1", "umm2"))
     common = ["--config", "tiny", "data=shapes:96", *SMALL]
     main(["train", "tokenizer", *common, "stage=1", "train.steps=40", f"train.out_dir={tok1}"])

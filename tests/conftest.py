@@ -1,0 +1,16 @@
+"""Fixtures shared by the whole suite."""
+
+import pytest
+import torch
+from threadpoolctl import threadpool_limits
+
+
+@pytest.fixture(scope="session", autouse=True)
+def one_thread():
+    """One intra-op thread: the models under test are tiny, more threads only add contention, and the suite
+    also runs subprocesses (torchrun ranks, a server) beside itself on a 2-core machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    with threadpool_limits(1):  # numpy / scikit-learn (t-SNE) BLAS threads likewise
+        yield
+    torch.set_num_threads(threads)
