@@ -74,8 +74,6 @@ def test_loglikelihood_resolves_continuations(adapter):
 def test_unsupported_requests_say_why(make_fake_pipeline):
     model = HydraLMMs(make_fake_pipeline())
     model.task_dict = {"toy": {"test": DOCS}}
-    with pytest.raises(NotImplementedError, match=r"pipeline\.loglikelihood"):
-        model.loglikelihood([FakeInstance("loglikelihood", ("Q", " a", doc_to_visual, 0, "toy", "test"))])
     with pytest.raises(NotImplementedError, match="single-turn"):
         model.generate_until_multi_round([])
     with pytest.raises(ValueError, match="pipeline object or pretrained"):

@@ -127,3 +127,26 @@ def test_cli_generate_answer_reconstruct_end_to_end(pipe, images, tmp_path, caps
     )
     expected = pipe.reconstruct([Image.open(image_path)], steps=2, seed=0)[0]
     assert np.array_equal(np.asarray(Image.open(recon)), np.asarray(expected))
+
+
+def test_loglikelihood_matches_the_training_loss_and_knows_greedy_answers(pipe, images):
+    model = pipe.model
+    question, answer = "what colour is the square?", "red"
+    answer_ids = model.text_tokenizer(answer, add_special_tokens=False).input_ids
+    # log p(answer + eos) must be exactly what the training loss scores for the same sample
+    (lp, _), = pipe.loglikelihood_ids(images[:1], [question], [answer_ids + [model.ids["eos"]]])
+    with torch.no_grad():
+        sample = {"kind": "und", "image": pipe.pixels(images[:1])[0], "prompt": question, "target": answer}
+        loss = model(model.collate([sample]))
+    assert lp == pytest.approx(-loss["loss_ntp"].item() * (len(answer_ids) + 1), rel=1e-5)
+    # the greedy continuation is greedy; changing its first token makes it not greedy and less likely
+    (greedy_ids,) = pipe.answer_ids(images[:1], [question], max_new_tokens=3)
+    greedy_ids = greedy_ids or [model.ids["eos"]]
+    other = [(greedy_ids[0] + 1) % model.llm.config.vocab_size] + greedy_ids[1:]
+    (lp_greedy, is_greedy), (lp_other, other_greedy) = pipe.loglikelihood_ids(
+        images[:1] * 2, [question] * 2, [greedy_ids, other])
+    assert is_greedy and not other_greedy and lp_greedy > lp_other
+    # padding: scored in a batch with a longer context it is the same as alone
+    batch = pipe.loglikelihood(images, [question, question + " tell me now please"], [answer, answer])
+    alone = pipe.loglikelihood(images[:1], [question], [answer])
+    assert batch[0][0] == pytest.approx(alone[0][0], abs=1e-4)

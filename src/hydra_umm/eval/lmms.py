@@ -14,8 +14,8 @@ lmms-eval's model API (``lmms_eval/api/model.py``, class ``lmms``) calls, with l
   it raises ``NotImplementedError`` saying so.
 
 Generation goes through ``pipeline.answer(images, questions, max_new_tokens=, temperature=, seed=)``
-and scoring through ``pipeline.loglikelihood(images, contexts, continuations)`` (a method the
-pipeline must provide for lmms-eval's multiple-choice tasks). One image per document.
+and scoring through ``pipeline.loglikelihood(images, contexts, continuations)`` (lmms-eval's
+multiple-choice tasks). One image per document.
 
 lmms_eval is imported only by ``register``: with the package installed, ``register()`` makes the
 class an ``lmms`` subclass registered as ``"hydra"``; an instance can also be handed directly to
@@ -86,12 +86,6 @@ class HydraLMMs:
 
     def loglikelihood(self, requests: Sequence[Any]) -> list[tuple[float, bool]]:
         """(log-probability of the continuation, whether greedy decoding would produce it) per request."""
-        score = getattr(self.pipeline, "loglikelihood", None)
-        if score is None:
-            raise NotImplementedError(
-                "lmms-eval's loglikelihood tasks need pipeline.loglikelihood(images, contexts, continuations) "
-                "-> list[(float, bool)], which this pipeline does not provide"
-            )
         images, contexts, continuations = [], [], []
         for request in requests:
             context, doc_to_target, doc_to_visual, doc_id, task, split = request.args
@@ -99,7 +93,7 @@ class HydraLMMs:
             images.append(self._image(doc_to_visual, doc_id, task, split))
             contexts.append(context)
             continuations.append(doc_to_target if isinstance(doc_to_target, str) else doc_to_target(doc))
-        return [(float(lp), bool(greedy)) for lp, greedy in score(images, contexts, continuations)]
+        return [(float(lp), bool(greedy)) for lp, greedy in self.pipeline.loglikelihood(images, contexts, continuations)]
 
     def generate_until_multi_round(self, requests: Sequence[Any]) -> list[str]:
         raise NotImplementedError(

@@ -26,7 +26,7 @@ from hydra_umm import flow
 from hydra_umm.inference.kv_cache import CachedSequence
 from hydra_umm.models.hydra import HydraModel
 from hydra_umm.models.hydra_tok import HydraTok
-from hydra_umm.models.llm import Image, Text
+from hydra_umm.models.llm import IGNORE, Image, Text
 
 ImageInput = Union[PILImage.Image, Tensor]  # PIL image, or a (3, H, W) tensor in [-1, 1]
 
@@ -210,6 +210,38 @@ class HydraPipeline(TokenizerPipeline):
             logits = next_logits(token)
         rows = torch.stack(generated, dim=1).tolist() if generated else [[] for _ in range(B)]
         return [row[: row.index(eos)] if eos in row else row for row in rows]
+
+    @torch.no_grad()
+    def loglikelihood_ids(
+        self, images: Sequence[ImageInput], contexts: list[str], continuations: list[list[int]]
+    ) -> list[tuple[float, bool]]:
+        """For each (image, context, continuation token ids): log p(continuation | image, context)
+        and whether greedy decoding would produce exactly the continuation."""
+        if not len(images) == len(contexts) == len(continuations) or not contexts:
+            raise ValueError("loglikelihood needs one image and one continuation per context")
+        if not all(continuations):
+            raise ValueError("every continuation needs at least one token")
+        model = self.model
+        samples = [model.understanding_segments(c) + [Text(list(ids), target=True)]
+                   for c, ids in zip(contexts, continuations)]
+        lay = model.layout(samples)
+        visual = model.visual_tokens(model.latents(self.pixels(images)), torch.ones(len(images), device=self.device))
+        logp = model.llm.lm_head(model.sequence_hidden_states(lay, visual)[:, :-1]).float().log_softmax(dim=-1)
+        targets = lay.labels[:, 1:].to(self.device)
+        scored = targets != IGNORE
+        token_logp = logp.gather(-1, targets.clamp_min(0)[..., None])[..., 0]
+        total = (token_logp * scored).sum(dim=1)
+        greedy = ((logp.argmax(dim=-1) == targets) | ~scored).all(dim=1)
+        return [(float(lp), bool(g)) for lp, g in zip(total, greedy)]
+
+    def loglikelihood(
+        self, images: Sequence[ImageInput], contexts: list[str], continuations: list[str]
+    ) -> list[tuple[float, bool]]:
+        """:meth:`loglikelihood_ids` of continuation strings (multiple-choice scoring, lmms-eval)."""
+        tokenize = self.model.text_tokenizer
+        return self.loglikelihood_ids(
+            images, contexts, [tokenize(c, add_special_tokens=False).input_ids for c in continuations]
+        )
 
     def answer(
         self,
