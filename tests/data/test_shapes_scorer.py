@@ -4,13 +4,17 @@ category on matching renderings), its rejection of mismatching images, and the G
 import json
 from collections import defaultdict
 
+import itertools
+
 import numpy as np
 import pytest
+from PIL import Image
+from scipy import ndimage
 
 from hydra_umm.bench.shapes import robustness
-from hydra_umm.data.shapes import (TAGS, Scene, ShapeObject, detect, evaluate, format_scores, gaussian_blur, gaussian_noise,
-                                   generate_prompts, render, render_prompt, sample_scene, score_generations,
-                                   score_image)
+from hydra_umm.data.shapes import (COLORS, SHAPES, TAGS, Scene, ShapeObject, detect, evaluate, format_scores,
+                                   gaussian_blur, gaussian_noise, generate_prompts, render, render_prompt,
+                                   sample_scene, score_generations, score_image)
 
 SAMPLES = {64: 2, 128: 1}  # renderings per prompt at each size
 
@@ -85,6 +89,92 @@ def test_blank_image_has_no_objects_and_bad_input_is_refused():
         detect(np.full((32, 32, 3), 200.0))
     with pytest.raises(ValueError, match="RGB image"):
         detect(np.zeros((32, 32)))
+
+
+def _image(x: np.ndarray) -> Image.Image:
+    return Image.fromarray(np.round(np.clip(x, 0.0, 1.0) * 255).astype(np.uint8))
+
+
+def _off_palette(rng):
+    """A saturated colour at least 0.35 (RGB, [0, 1] units) from every palette colour."""
+    palette = np.array(list(COLORS.values())) / 255
+    while True:
+        c = rng.uniform(0.0, 1.0, 3)
+        if np.linalg.norm(palette - c, axis=1).min() > 0.35 and np.ptp(c) > 0.3:
+            return c
+
+
+def _uniform_noise(rng, size):
+    return _image(rng.uniform(0.0, 1.0, (size, size, 3)))
+
+
+def _grey_noise(rng, size):  # Gaussian pixel noise around a grey level, light ones included
+    return _image(rng.uniform(0.3, 0.95) + rng.normal(0.0, rng.uniform(0.1, 0.5), (size, size, 3)))
+
+
+def _smooth_colour_field(rng, size):  # low-frequency colour noise stretched to the full range
+    field = ndimage.gaussian_filter(rng.normal(0.0, 1.0, (size, size, 3)), (size / 12, size / 12, 0))
+    return _image((field - field.min((0, 1))) / np.ptp(field, (0, 1)))
+
+
+def _blobs_on_grey(rng, size):  # soft blobs of non-palette colours on the world's light grey
+    img = np.full((size, size, 3), rng.uniform(0.8, 0.95))
+    yy, xx = np.mgrid[:size, :size] / size
+    for _ in range(int(rng.integers(1, 5))):
+        cx, cy, r = rng.uniform(0.2, 0.8, 2).tolist() + [rng.uniform(0.08, 0.2)]
+        w = np.exp(-((xx - cx) ** 2 + (yy - cy) ** 2) / (2 * r * r))[..., None]
+        img = img * (1 - w) + _off_palette(rng) * w
+    return _image(img + rng.normal(0.0, 0.03, img.shape))
+
+
+def _blurred_mess(rng, size):  # random colour blocks, noised and blurred
+    k = int(rng.integers(4, 12))
+    blocks = np.asarray(_image(rng.uniform(0.0, 1.0, (k, k, 3))).resize((size, size), Image.NEAREST)) / 255
+    return _image(ndimage.gaussian_filter(blocks + rng.normal(0.0, 0.05, blocks.shape), (2.5, 2.5, 0)))
+
+
+NON_SCENES = {"uniform noise": _uniform_noise, "grey noise": _grey_noise, "smooth colour field": _smooth_colour_field,
+              "off-palette blobs": _blobs_on_grey, "blurred mess": _blurred_mess}
+
+
+def test_images_without_shapes_fail_object_prompts():
+    """An untrained generator draws noise or blobs: it must not pass "a photo of a triangle" by
+    chance. 50 images per kind (seeded, 64 and 128 px) against every single- and two-object prompt."""
+    prompts = ([{"tag": "single_object", "include": [{"class": s, "count": 1}]} for s in SHAPES]
+               + [{"tag": "two_object", "include": [{"class": a, "count": 1}, {"class": b, "count": 1}]}
+                  for a, b in itertools.combinations(SHAPES, 2)])
+    rates = {}
+    for k, (name, make) in enumerate(NON_SCENES.items()):
+        rng = np.random.default_rng(100 + k)
+        found = [detect(make(rng, 64 if i % 2 else 128)) for i in range(50)]
+        passed = [any(evaluate(objects, meta)[0] for meta in prompts) for objects in found]
+        rates[name] = (float(np.mean(passed)), float(np.mean([len(f) for f in found])))
+    print("\nimages without shapes: fraction passing some object prompt, mean detections")
+    for name, (rate, mean) in rates.items():
+        print(f"  {name:<20} {rate:6.2%}  {mean:.2f}")
+    assert all(rate <= 0.02 for rate, _ in rates.values()), rates
+
+
+@pytest.mark.parametrize("off", [(0.95, 0.45, 0.75), (0.1, 0.7, 0.7)])  # pink, teal
+def test_object_of_no_palette_colour_is_not_detected(off):
+    """A rendered object recoloured off the palette is ignored; the other objects are still found."""
+    kept, other = ShapeObject("square", "red", "large", 0.25, 0.3), ShapeObject("circle", "blue", "large", 0.7, 0.7)
+    base = np.asarray(render(Scene((kept,)), 64), dtype=np.float64) / 255
+    full = np.asarray(render(Scene((kept, other)), 64), dtype=np.float64) / 255
+    diff = np.abs(full - base).max(2)
+    alpha = (diff / diff.max())[..., None]  # the circle's coverage
+    recoloured = _image(base * (1 - alpha) + alpha * np.array(off))
+    assert [(o.shape, o.color) for o in detect(render(Scene((kept, other)), 64))] == [("circle", "blue"), ("square", "red")]
+    assert [(o.shape, o.color) for o in detect(recoloured)] == [("square", "red")]
+
+
+def test_dark_or_coloured_background_is_no_shapes_world():
+    scene = Scene((ShapeObject("star", "yellow", "large", 0.5, 0.5),))
+    arr = np.asarray(render(scene, 64), dtype=np.float64) / 255
+    assert [o.shape for o in detect(arr)] == ["star"]
+    grey = np.isclose(arr.max(2), arr.min(2))[..., None]
+    assert detect(np.where(grey, 0.3, arr)) == []  # dark grey background
+    assert detect(np.where(grey, np.array([0.9, 0.7, 0.9]), arr)) == []  # tinted background
 
 
 def _obj(shape, color, x, y):

@@ -42,7 +42,8 @@ def runs(tmp_path_factory):
           "train.ckpt_every=3", "train.keep_last=1"])
     main(["train", "umm", *common, "stage=I", "train.steps=40", f"umm.tokenizer_path={tok2}/model",
           f"train.out_dir={umm1}"])
-    main(["train", "umm", *common, "stage=II", "train.steps=30", f"init={umm1}/model", f"train.out_dir={umm2}"])
+    main(["train", "umm", *common, "stage=II", "train.steps=30", f"init={umm1}/model", f"train.out_dir={umm2}",
+          "train.activation_checkpointing=true"])
     return {"tok1": tok1, "tok2": tok2, "umm1": umm1, "umm2": umm2}
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Callable, Mapping, Sequence
 
 import torch
+from timm.models.vision_transformer import Block
 from torch import nn
 from torch.utils.data import ConcatDataset, Dataset
 
@@ -185,8 +186,6 @@ def train_tokenizer(cfg: Config) -> Path:
     tok.teacher.requires_grad_(False)
     tok.to(env.device)
     if cfg.train.activation_checkpointing:
-        from timm.models.vision_transformer import Block
-
         checkpoint_activations(tok, (Block,))
     objective = data_parallel(TokenizerObjective(tok, stage), env)
     optimizer, scheduler = build_optimizer(components, cfg.train, tok)
@@ -253,6 +252,8 @@ def train_umm(cfg: Config) -> Path:
         model = HydraModel(cfg, build_text_tokenizer(cfg.llm, texts))
     model.set_stage(cfg.stage)
     model.to(env.device)
+    if cfg.train.activation_checkpointing:
+        checkpoint_activations(model, (Block, type(model.llm.model.layers[0])))
     ratios = cfg.train.ratios or STAGE_RATIOS[cfg.stage]
     size = model.tokenizer.cfg.image_size
     data, mixture = _stream(cfg, ratios, size, env)

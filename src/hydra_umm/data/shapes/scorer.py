@@ -13,6 +13,12 @@ Detection (``detect``): the background is grey and every object is saturated, so
      ratio; the shape is the nearest prototype (each shape rendered once at 256 px) in L1
      distance between square roots, so that weak but present harmonics (blurred points) count;
   4. size from the coverage area; box from the alpha >= 0.5 mask.
+Evidence (GenEval's detector keeps boxes above a confidence of 0.3; here a component must look
+rendered, else pure noise or colour blobs, as an untrained generator draws, pass prompts by chance):
+the image's background (pixels outside every component) and each object's own surroundings (a
+ring just outside it) must be the world's light neutral grey, and an object must cover at least
+half the smallest rendered object, its colour must lie near a palette colour in RGB, and most of
+its pixels must be mixtures of that colour and the background grey.
 Judging (``evaluate``) follows GenEval's ``evaluate`` rule for rule: an image is correct iff every
 ``include`` clause holds (count, colour of the first ``count`` objects of the class, position of
 each against every object of the referenced clause) and no ``exclude`` clause is met. Objects of a
@@ -42,9 +48,14 @@ from hydra_umm.data.shapes.world import COLORS, SHAPES, SIZES, Scene, ShapeObjec
 SMOOTH_SIGMA = 1.0  # pixels; tames pixel noise before the saturation threshold
 MASK_SATURATION = 0.2  # a pixel belongs to some object above this smoothed saturation
 SEED_SATURATION = 0.4  # an object must reach this somewhere (every palette colour is above 0.5)
-MIN_AREA = 0.008  # components smaller than this fraction of the image are specks
+BACKGROUND_LEVEL = 0.6  # the background grey is rendered at 0.8..0.95; darker is no shapes world
+BACKGROUND_CHROMA = 0.08  # largest max - min of the background's median RGB (it is neutral grey)
+PALETTE_DISTANCE = 0.25  # largest RGB distance of an object's colour from its palette colour
+MIX_TOLERANCE = 0.15  # RGB distance within which a pixel counts as a palette/background mixture
+MIX_FRACTION = 0.6  # smallest fraction of an object's pixels that must be such mixtures
 HARMONICS = (3, 4, 5)
 GROW = 2  # pixels added around a component before measuring its coverage
+RING = 2  # width in pixels of the ring beyond GROW where an object's local background is read
 NOISY_FLOOR = 0.1  # background saturation above which the image counts as noisy
 
 
@@ -92,13 +103,34 @@ def prototypes() -> dict[str, tuple[np.ndarray, float]]:
     return out
 
 
-_HUES = {name: colorsys.rgb_to_hsv(*(v / 255 for v in rgb))[0] for name, rgb in COLORS.items()}
+_RGB = {name: np.array(rgb) / 255 for name, rgb in COLORS.items()}
+_HUES = {name: colorsys.rgb_to_hsv(*rgb)[0] for name, rgb in _RGB.items()}
 
 
 def nearest_color(rgb: Sequence[float]) -> str:
     """The palette colour nearest in hue to ``rgb`` (floats in [0, 1])."""
     hue = colorsys.rgb_to_hsv(*rgb)[0]
     return min(_HUES, key=lambda c: min(abs(_HUES[c] - hue), 1 - abs(_HUES[c] - hue)))
+
+
+def is_world_grey(rgb: np.ndarray) -> bool:
+    """Whether a (median) colour (3,) is the world's light, neutral background grey."""
+    return bool(rgb.mean() >= BACKGROUND_LEVEL and rgb.max() - rgb.min() <= BACKGROUND_CHROMA)
+
+
+def min_area() -> float:
+    """Half the area of the smallest rendered object, as a fraction of the image."""
+    return min(area for _, area in prototypes().values()) * SIZES["small"] ** 2 / 2
+
+
+def mixture_fraction(pixels: np.ndarray, color: np.ndarray, grey: float) -> float:
+    """Fraction of ``pixels`` (N, 3) within MIX_TOLERANCE of the segment from ``grey`` to ``color``:
+    an anti-aliased rendering holds only such mixtures (plus whatever noise survives smoothing)."""
+    start = np.full(3, grey)
+    direction = color - start
+    t = np.clip((pixels - start) @ direction / (direction @ direction), 0.0, 1.0)
+    residual = np.linalg.norm(pixels - (start + t[:, None] * direction), axis=1)
+    return float(np.mean(residual < MIX_TOLERANCE))
 
 
 def detect(image: Image.Image | np.ndarray) -> list[Detection]:
@@ -114,13 +146,16 @@ def detect(image: Image.Image | np.ndarray) -> list[Detection]:
     sat_smooth = smooth.max(2) - smooth.min(2)
     sat = arr.max(2) - arr.min(2)
     labels, n = ndimage.label(sat_smooth > MASK_SATURATION)
-    if n == 0:
+    if n == 0 or not (labels == 0).any():
         return []
+    background = np.median(smooth[labels == 0], axis=0)
+    if not is_world_grey(background):
+        return []  # no shapes world can be read in this image
     index = np.arange(1, n + 1)
     peak = ndimage.maximum(sat_smooth, labels, index)
     count = ndimage.sum(np.ones_like(sat), labels, index)
     protos = prototypes()
-    keep = (peak >= SEED_SATURATION) & (count >= MIN_AREA * height * width)
+    keep = (peak >= SEED_SATURATION) & (count >= min_area() * height * width)
     found = []
     for i, window in zip(index, ndimage.find_objects(labels)):
         if not keep[i - 1]:
@@ -130,6 +165,14 @@ def detect(image: Image.Image | np.ndarray) -> list[Detection]:
         s_smooth = sat_smooth[window]
         core = component & (s_smooth >= np.quantile(s_smooth[component], 0.7))
         rgb = np.median(smooth[window][core], axis=0)
+        color = nearest_color(rgb)
+        outer = tuple(slice(max(w.start - RING, 0), w.stop + RING) for w in window)
+        own = labels[outer] == i
+        ring = ndimage.binary_dilation(own, iterations=GROW + RING) & ~ndimage.binary_dilation(own, iterations=GROW)
+        if (not ring.any() or not is_world_grey(np.median(smooth[outer][ring], axis=0))
+                or np.linalg.norm(rgb - _RGB[color]) > PALETTE_DISTANCE
+                or mixture_fraction(smooth[window][component], _RGB[color], background.mean()) < MIX_FRACTION):
+            continue
         # coverage is measured on the component grown by GROW pixels (never into another object),
         # which catches faint blurred edges; on a noisy background (high saturation floor) by one
         grown = ndimage.binary_dilation(component, iterations=GROW)
@@ -146,7 +189,7 @@ def detect(image: Image.Image | np.ndarray) -> list[Detection]:
         x0, y0 = window[1].start, window[0].start
         box = (float(x0 + xs.min()), float(y0 + ys.min()), float(x0 + xs.max() + 1), float(y0 + ys.max() + 1))
         size = "large" if radius > np.sqrt(SIZES["small"] * SIZES["large"]) else "small"
-        found.append(Detection(shape, nearest_color(rgb), size, box, area))
+        found.append(Detection(shape, color, size, box, area))
     return sorted(found, key=lambda o: -o.area)
 
 
