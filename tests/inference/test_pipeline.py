@@ -8,7 +8,7 @@ from PIL import Image
 from hydra_umm import cli
 from hydra_umm.config import load_config
 from hydra_umm.inference import HydraPipeline
-from hydra_umm.inference.pipeline import pil_to_tensor, tensor_to_pil
+from hydra_umm.data.transforms import to_pil
 from hydra_umm.models.hydra import HydraModel
 from hydra_umm.models.text_tokenizer import train_text_tokenizer
 
@@ -33,7 +33,7 @@ def pipe():
 @pytest.fixture(scope="module")
 def images():
     g = torch.Generator().manual_seed(0)
-    return tensor_to_pil(torch.rand(2, 3, 40, 40, generator=g) * 2 - 1)  # resized to 32 by the pipeline
+    return to_pil(torch.rand(2, 3, 40, 40, generator=g) * 2 - 1)  # resized to 32 by the pipeline
 
 
 @pytest.mark.parametrize("cfg_scale", [1.0, 3.0])
@@ -86,7 +86,7 @@ def test_answers_depend_on_the_image_and_sampling_follows_the_seed(pipe, images)
     with torch.no_grad():
         model = pipe.model
         lay = model.layout([model.understanding_segments(q[0])] * 2)
-        visual = model.visual_tokens(model.latents(pipe._images(images)), torch.ones(2))
+        visual = model.visual_tokens(model.latents(pipe.pixels(images)), torch.ones(2))
         last = model.sequence_hidden_states(lay, visual)[:, -1]
     assert not torch.allclose(last[0], last[1])
     with pytest.raises(ValueError, match="one image per question"):
@@ -98,11 +98,6 @@ def test_answers_depend_on_the_image_and_sampling_follows_the_seed(pipe, images)
 def test_reconstruct_is_reproducible(pipe, images):
     a, b = pipe.reconstruct(images[:1], steps=2, seed=5), pipe.reconstruct(images[:1], steps=2, seed=5)
     assert a[0].size == (32, 32) and np.array_equal(np.asarray(a[0]), np.asarray(b[0]))
-
-
-def test_pil_conversion_round_trips():
-    x = torch.randint(0, 256, (1, 3, 8, 8)).float() / 127.5 - 1
-    assert torch.allclose(pil_to_tensor(tensor_to_pil(x)[0], 8), x[0], atol=1e-6)
 
 
 def test_cli_generate_answer_reconstruct_end_to_end(pipe, images, tmp_path, capsys):
@@ -150,3 +145,11 @@ def test_loglikelihood_matches_the_training_loss_and_knows_greedy_answers(pipe, 
     batch = pipe.loglikelihood(images, [question, question + " tell me now please"], [answer, answer])
     alone = pipe.loglikelihood(images[:1], [question], [answer])
     assert batch[0][0] == pytest.approx(alone[0][0], abs=1e-4)
+
+
+def test_generate_reports_progress_and_the_vocabulary_fits_the_tokenizer(pipe):
+    seen = []
+    pipe.generate(PROMPTS[:1], steps=3, seed=0, progress=lambda i, n: seen.append((i, n)))
+    assert seen == [(1, 3), (2, 3), (3, 3)]
+    # a random LM has one embedding row per text token: no id decodes to nothing
+    assert pipe.model.llm.get_input_embeddings().num_embeddings == len(pipe.model.text_tokenizer)

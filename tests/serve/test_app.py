@@ -7,7 +7,7 @@ from fastapi.testclient import TestClient
 
 from hydra_umm.eval.metrics import psnr
 from hydra_umm.inference import TokenizerPipeline
-from hydra_umm.inference.pipeline import pil_to_tensor
+from hydra_umm.data.transforms import to_tensor
 from hydra_umm.serve import Tasks, build_page, create_app
 from hydra_umm.serve.app import model_card
 from hydra_umm.serve.capabilities import capabilities
@@ -67,7 +67,7 @@ def test_reconstruct_tab_shows_original_reconstruction_and_their_psnr(tasks, pip
     original, recon, score = tasks.reconstruct(image, 2, 4)
     assert original.size == recon.size == (32, 32)
     assert same([recon], pipe.reconstruct([image], steps=2, seed=4))
-    db = psnr(pil_to_tensor(original, 32)[None], pil_to_tensor(recon, 32)[None]).item()
+    db = psnr(to_tensor(original)[None], to_tensor(recon)[None]).item()
     assert score == f"PSNR {db:.2f} dB"
     assert same([original], [image.resize((32, 32), resample=3)])  # bicubic, as the pipeline resizes
     with pytest.raises(gr.Error, match="upload an image"):

@@ -15,34 +15,20 @@ PIL conversion happens here and nowhere in the models.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Optional, Sequence, Union
+from typing import Callable, Optional, Sequence, Union
 
-import numpy as np
 import torch
 from PIL import Image as PILImage
 from torch import Tensor
 
 from hydra_umm import flow
+from hydra_umm.data.transforms import ImageTransform, to_pil
 from hydra_umm.inference.kv_cache import CachedSequence
 from hydra_umm.models.hydra import HydraModel
 from hydra_umm.models.hydra_tok import HydraTok
 from hydra_umm.models.llm import IGNORE, Image, Text
 
 ImageInput = Union[PILImage.Image, Tensor]  # PIL image, or a (3, H, W) tensor in [-1, 1]
-
-
-def pil_to_tensor(image: PILImage.Image, size: int) -> Tensor:
-    """An RGB PIL image -> (3, size, size) in [-1, 1] (bicubic resize)."""
-    image = image.convert("RGB")
-    if image.size != (size, size):
-        image = image.resize((size, size), PILImage.BICUBIC)
-    return torch.from_numpy(np.asarray(image, dtype=np.float32)).permute(2, 0, 1) / 127.5 - 1.0
-
-
-def tensor_to_pil(images: Tensor) -> list[PILImage.Image]:
-    """(B, 3, H, W) in [-1, 1] -> RGB PIL images."""
-    pixels = ((images.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
-    return [PILImage.fromarray(p.permute(1, 2, 0).cpu().numpy()) for p in pixels]
 
 
 class TokenizerPipeline:
@@ -64,8 +50,8 @@ class TokenizerPipeline:
 
     def pixels(self, images: Sequence[ImageInput]) -> Tensor:
         """PIL images (resized to the model's size) or (3, H, W) tensors -> (B, 3, H, W) in [-1, 1] on the device."""
-        size = self.tokenizer.cfg.image_size
-        x = [pil_to_tensor(im, size) if isinstance(im, PILImage.Image) else im for im in images]
+        transform = ImageTransform(self.tokenizer.cfg.image_size)
+        x = [transform(im) if isinstance(im, PILImage.Image) else im for im in images]
         return torch.stack(x).to(self.device)
 
     @torch.no_grad()
@@ -74,7 +60,7 @@ class TokenizerPipeline:
     ) -> list[PILImage.Image]:
         """Encode (GSB mean) and decode through HYDRA-TOK; ``steps`` of the pixel decoder's ODE."""
         z = self.tokenizer.encode(self.pixels(images))
-        return tensor_to_pil(self.tokenizer.decode(z, steps=steps, generator=self._generator(seed)))
+        return to_pil(self.tokenizer.decode(z, steps=steps, generator=self._generator(seed)))
 
 
 class HydraPipeline(TokenizerPipeline):
@@ -124,8 +110,10 @@ class HydraPipeline(TokenizerPipeline):
         sampler: Optional[str] = None,
         seed: int = 0,
         use_cache: bool = True,
+        progress: Optional[Callable[[int, int], None]] = None,
     ) -> Tensor:
-        """Prompts -> latents z (B, N, c) by integrating the vision head's flow from noise."""
+        """Prompts -> latents z (B, N, c) by integrating the vision head's flow from noise;
+        ``progress(step, steps)`` after every ODE step."""
         if not prompts:
             raise ValueError("generate needs at least one prompt")
         cfg, fc = self.model.cfg, self.model.cfg.umm.flow
@@ -136,7 +124,7 @@ class HydraPipeline(TokenizerPipeline):
             device=self.device,
         )
         velocity = self.velocity_fn(list(prompts), scale, use_cache)
-        return flow.sample(velocity, x0, steps or fc.steps, sampler or fc.sampler, fc.shift)
+        return flow.sample(velocity, x0, steps or fc.steps, sampler or fc.sampler, fc.shift, progress)
 
     @torch.no_grad()
     def generate(
@@ -147,10 +135,12 @@ class HydraPipeline(TokenizerPipeline):
         sampler: Optional[str] = None,
         seed: int = 0,
         use_cache: bool = True,
+        progress: Optional[Callable[[int, int], None]] = None,
     ) -> list[PILImage.Image]:
-        """Text-to-image; None means the config default (umm.flow.steps, umm.cfg_scale, umm.flow.sampler)."""
-        z = self.generate_latents(prompts, steps, cfg_scale, sampler, seed, use_cache)
-        return tensor_to_pil(self.model.tokenizer.decode(z, generator=self._generator(seed + 1)))
+        """Text-to-image; None means the config default (umm.flow.steps, umm.cfg_scale, umm.flow.sampler);
+        ``progress(step, steps)`` after every ODE step."""
+        z = self.generate_latents(prompts, steps, cfg_scale, sampler, seed, use_cache, progress)
+        return to_pil(self.model.tokenizer.decode(z, generator=self._generator(seed + 1)))
 
     # ------------------------------------------------------------------------------ understanding
 

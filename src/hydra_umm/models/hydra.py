@@ -111,8 +111,10 @@ class HydraModel(nn.Module):
         else:
             self.tokenizer = HydraTok(cfg.tokenizer, load_weights=llm_config is None)
         self.llm = build_language_model(cfg.llm, llm_config)
-        if len(text_tokenizer) > self.llm.get_input_embeddings().num_embeddings:
-            self.llm.resize_token_embeddings(len(text_tokenizer))
+        rows, tokens = self.llm.get_input_embeddings().num_embeddings, len(text_tokenizer)
+        fresh = llm_config is None and not cfg.llm.path  # a random LM gets exactly one row per token
+        if tokens > rows or (fresh and tokens != rows):
+            self.llm.resize_token_embeddings(tokens)
         width = self.llm.config.hidden_size
         self.num_image_tokens = self.tokenizer.grid[0] * self.tokenizer.grid[1]
         self.projector = nn.Sequential(nn.Linear(cfg.tokenizer.width, width), nn.GELU(), nn.Linear(width, width))

@@ -23,7 +23,7 @@ from PIL import Image
 from hydra_umm.data.shapes import generate_prompts
 from hydra_umm.eval.metrics import psnr
 from hydra_umm.inference import HydraPipeline, TokenizerPipeline, load_pipeline
-from hydra_umm.inference.pipeline import pil_to_tensor, tensor_to_pil
+from hydra_umm.data.transforms import to_pil, to_tensor
 from hydra_umm.serve.api import MAX_IMAGES, MAX_NEW_TOKENS, add_api
 from hydra_umm.serve.capabilities import capabilities
 from hydra_umm.serve.chat import conversation_prompt, text_deltas
@@ -52,24 +52,13 @@ class Tasks:
         """Text-to-image, reporting progress after every ODE step."""
         if not prompt.strip():
             raise gr.Error("enter a prompt")
-        steps, per_step = int(steps), 2 if sampler == "heun" else 1  # vision-head calls per step
-        calls, context = 0, contextvars.copy_context()  # gr.Progress finds its page event in the context
+        context = contextvars.copy_context()  # gr.Progress finds its page event in the context
 
-        def count_step(*_: Any) -> None:
-            nonlocal calls
-            calls += 1
-            if calls % per_step == 0:
-                context.run(progress, (calls // per_step, steps), desc="sampling", unit="steps")
+        def step_done(step: int, steps: int) -> None:
+            context.run(progress, (step, steps), desc="sampling", unit="steps")
 
-        def job() -> list[Image.Image]:
-            # the pipeline has no progress argument: one vision-head call is one velocity evaluation
-            hook = self.pipe.model.vision_head.register_forward_hook(count_step)
-            try:
-                return self.pipe.generate([prompt] * int(n), steps, float(cfg_scale), sampler, int(seed))
-            finally:
-                hook.remove()
-
-        return self._run(job)
+        return self._run(lambda: self.pipe.generate(
+            [prompt] * int(n), int(steps), float(cfg_scale), sampler, int(seed), progress=step_done))
 
     def understand(
         self, image: Image.Image | None, message: str, turns: list[dict], max_new_tokens: int, temperature: float,
@@ -98,11 +87,10 @@ class Tasks:
         """(the input at the model's resolution, its HYDRA-TOK reconstruction, their PSNR)."""
         if image is None:
             raise gr.Error("upload an image first")
-        size = self.pipe.tokenizer.cfg.image_size
-        x = pil_to_tensor(image, size)  # (3, S, S) in [-1, 1]
-        (recon,) = self._run(lambda: self.pipe.reconstruct([x], steps=int(steps), seed=int(seed)))
-        db = psnr(x[None], pil_to_tensor(recon, size)[None])[0].item()
-        return tensor_to_pil(x[None])[0], recon, f"PSNR {db:.2f} dB"
+        x = self.pipe.pixels([image])  # (1, 3, S, S) in [-1, 1] at the model's size
+        (recon,) = self._run(lambda: self.pipe.reconstruct(x, steps=int(steps), seed=int(seed)))
+        db = psnr(x, to_tensor(recon)[None].to(x.device))[0].item()
+        return to_pil(x)[0], recon, f"PSNR {db:.2f} dB"
 
 
 def model_card(pipe: TokenizerPipeline, model_name: str) -> str:
