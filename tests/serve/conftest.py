@@ -24,12 +24,10 @@ from serving import MAX_IMAGE_BYTES, MODEL_NAME, QUEUE_DEPTH, TEXTS, free_port
 @pytest.fixture(scope="session")
 def pipe():
     """A tiny random HydraModel (32 px, 3 flow steps, 2 decoder steps) whose zero-initialised
-    vision-head layers are randomised, so that generated images depend on prompt and seed. Its LM
-    vocabulary is the text tokenizer's, so that every sampled id decodes to text."""
+    vision-head layers are randomised, so that generated images depend on prompt and seed."""
     torch.manual_seed(0)
     tokenizer = train_text_tokenizer(TEXTS * 4, 1024)
-    cfg = load_config("tiny", ["tokenizer.image_size=32", "tokenizer.decode_steps=2", "umm.flow.steps=3",
-                               f"llm.vocab_size={len(tokenizer)}"])
+    cfg = load_config("tiny", ["tokenizer.image_size=32", "tokenizer.decode_steps=2", "umm.flow.steps=3"])
     model = HydraModel(cfg, tokenizer)
     with torch.no_grad():
         for p in model.vision_head.parameters():
