@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 demo: $(STAMP)
 	$(BIN)/hydra-umm demo $(if $(FAST),--fast)
 
-# the browser test runs in test-browser (which .ci/run calls after test), not here
+# the browser tests run in test-browser (which .ci/run calls after test), not here
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not browser"
 
@@ -32,7 +32,7 @@ test-browser: $(STAMP)
 	    echo "test-browser: chromium missing and apt-get unavailable or not root"; \
 	  fi; \
 	fi
-	$(BIN)/python -m pytest -q -rs -m browser tests/serve
+	$(BIN)/python -m pytest -q -rs -m browser
 
 bench: $(STAMP)
 	$(BIN)/hydra-umm bench --out bench.json

@@ -97,6 +97,7 @@ def test_empty_report_is_still_valid(tmp_path):
     check_page(write_report(ReportContent(title="empty <run>"), tmp_path))
 
 
+@pytest.mark.browser
 @pytest.mark.skipif(not Path(CHROMIUM).exists(), reason=f"{CHROMIUM} not installed: headless rendering not checked")
 def test_report_renders_in_headless_chromium(page, tmp_path):
     shot = tmp_path / "shot.png"
