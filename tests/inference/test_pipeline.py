@@ -153,3 +153,10 @@ def test_generate_reports_progress_and_the_vocabulary_fits_the_tokenizer(pipe):
     assert seen == [(1, 3), (2, 3), (3, 3)]
     # a random LM has one embedding row per text token: no id decodes to nothing
     assert pipe.model.llm.get_input_embeddings().num_embeddings == len(pipe.model.text_tokenizer)
+
+
+def test_answer_ids_reports_every_token_as_it_is_decoded(pipe, images):
+    steps = []
+    (ids,) = pipe.answer_ids(images[:1], ["what is it?"], max_new_tokens=5, on_token=lambda t: steps.append(t.tolist()))
+    eos = pipe.model.ids["eos"]
+    assert [row[0] for row in steps if row[0] != eos] == ids and 1 <= len(steps) <= 5

@@ -40,3 +40,29 @@ def test_a_failing_job_reaches_its_caller_and_the_worker_goes_on():
 def test_depth_must_be_positive():
     with pytest.raises(ValueError, match="depth"):
         ModelQueue(depth=0)
+
+
+def test_stream_yields_what_a_job_emits_while_it_runs():
+    q = ModelQueue(depth=2)
+    release = threading.Event()
+
+    def job(emit):
+        emit("first")
+        if not release.wait(10):  # only the consumer, having seen "first", can release the job
+            raise TimeoutError("the first item was not delivered while the job ran")
+        emit("second")
+
+    items = q.stream(job)
+    assert next(items) == "first"
+    release.set()
+    assert list(items) == ["second"]
+
+    def failing(emit):
+        emit(1)
+        raise ValueError("decoding broke")
+
+    items = q.stream(failing)
+    assert next(items) == 1
+    with pytest.raises(ValueError, match="decoding broke"):
+        next(items)
+    q.close()

@@ -153,8 +153,10 @@ class HydraPipeline(TokenizerPipeline):
         temperature: float = 0.0,
         seed: int = 0,
         use_cache: bool = True,
+        on_token: Optional[Callable[[Tensor], None]] = None,
     ) -> list[list[int]]:
-        """The generated token ids of every answer, up to (not including) eos."""
+        """The generated token ids of every answer, up to (not including) eos. ``on_token(tokens)``
+        receives each decoding step's (B,) ids as they come (eos once a row is done), for streaming."""
         if len(images) != len(questions) or not questions:
             raise ValueError(
                 f"answer needs one image per question, got {len(images)} images, {len(questions)} questions"
@@ -194,6 +196,8 @@ class HydraPipeline(TokenizerPipeline):
                 token = torch.multinomial(probs, 1, generator=generator)[:, 0]
             token = torch.where(done, eos, token)  # finished rows keep emitting eos
             generated.append(token)
+            if on_token is not None:
+                on_token(token)
             done |= token == eos
             if done.all():
                 break

@@ -25,7 +25,7 @@ import io
 import json
 import time
 import uuid
-from typing import Any, AsyncIterator, Callable, Literal, Optional, Union
+from typing import Any, AsyncIterator, Callable, Iterator, Literal, Optional, Union
 
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -35,7 +35,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from hydra_umm.inference import TokenizerPipeline
 from hydra_umm.serve.capabilities import capabilities
-from hydra_umm.serve.chat import conversation_prompt, text_deltas
+from hydra_umm.serve.chat import answer_stream, conversation_prompt, text_deltas
 from hydra_umm.serve.queue import ModelQueue, QueueFull
 
 MAX_NEW_TOKENS = 512  # the most tokens one chat completion may ask for
@@ -199,15 +199,25 @@ def add_api(app: FastAPI, pipe: TokenizerPipeline, queue: ModelQueue, model_name
     if "understand" in tasks:
         tokenizer = pipe.model.text_tokenizer
 
-        async def stream_chunks(head: dict, ids: list[int], finish: str) -> AsyncIterator[str]:
+        async def stream_chunks(head: dict, tokens: Iterator[int], max_new: int) -> AsyncIterator[str]:
+            """Server-sent chunks of the answer as the model decodes it."""
             def chunk(delta: dict, finish_reason: Optional[str] = None) -> str:
                 choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
                 return f"data: {json.dumps({**head, 'object': 'chat.completion.chunk', 'choices': [choice]})}\n\n"
 
+            count = 0
+
+            def counted() -> Iterator[int]:
+                nonlocal count
+                for token in tokens:
+                    count += 1
+                    yield token
+
+            deltas = text_deltas(counted(), tokenizer)
             yield chunk({"role": "assistant", "content": ""})
-            for delta in text_deltas(ids, tokenizer):
+            while (delta := await asyncio.to_thread(next, deltas, None)) is not None:  # decoding runs meanwhile
                 yield chunk({"content": delta})
-            yield chunk({}, finish)
+            yield chunk({}, "length" if count >= max_new else "stop")
             yield "data: [DONE]\n\n"
 
         @router.post("/chat/completions")
@@ -217,12 +227,16 @@ def add_api(app: FastAPI, pipe: TokenizerPipeline, queue: ModelQueue, model_name
             image, turns = split_messages(body.messages, max_image_bytes)
             prompt = conversation_prompt(turns, tokenizer, pipe.model.cfg.umm.max_text_len)
             max_new = body.max_completion_tokens or body.max_tokens or 32
-            (ids,) = await run(lambda: pipe.answer_ids([image], [prompt], max_new, body.temperature, body.seed))
-            finish = "length" if len(ids) >= max_new else "stop"
             head = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": model_name,
                     "system_fingerprint": None}
             if body.stream:
-                return StreamingResponse(stream_chunks(head, ids, finish), media_type="text/event-stream")
+                try:
+                    tokens = answer_stream(queue, pipe, image, prompt, max_new, body.temperature, body.seed)
+                except QueueFull as e:
+                    raise APIError(503, str(e), code="queue_full") from None
+                return StreamingResponse(stream_chunks(head, tokens, max_new), media_type="text/event-stream")
+            (ids,) = await run(lambda: pipe.answer_ids([image], [prompt], max_new, body.temperature, body.seed))
+            finish = "length" if len(ids) >= max_new else "stop"
             prompt_tokens = len(tokenizer(prompt, add_special_tokens=False).input_ids) + pipe.model.num_image_tokens
             return {
                 **head, "object": "chat.completion",

@@ -26,7 +26,7 @@ from hydra_umm.inference import HydraPipeline, TokenizerPipeline, load_pipeline
 from hydra_umm.data.transforms import to_pil, to_tensor
 from hydra_umm.serve.api import MAX_IMAGES, MAX_NEW_TOKENS, add_api
 from hydra_umm.serve.capabilities import capabilities
-from hydra_umm.serve.chat import conversation_prompt, text_deltas
+from hydra_umm.serve.chat import answer_stream, conversation_prompt, text_deltas
 from hydra_umm.serve.queue import ModelQueue, QueueFull
 
 Progress = Callable[..., Any]  # gr.Progress, or any callable taking ((done, total), desc=, unit=)
@@ -74,11 +74,13 @@ class Tasks:
         model = self.pipe.model
         history = [*turns, {"role": "user", "content": message.strip()}]
         prompt = conversation_prompt([t["content"] for t in history], model.text_tokenizer, model.cfg.umm.max_text_len)
-        (ids,) = self._run(
-            lambda: self.pipe.answer_ids([image], [prompt], int(max_new_tokens), float(temperature), int(seed))
-        )
+        try:
+            tokens = answer_stream(self.queue, self.pipe, image, prompt, int(max_new_tokens), float(temperature),
+                                   int(seed))
+        except QueueFull as e:
+            raise gr.Error(str(e)) from None
         reply = ""
-        for delta in ["", *text_deltas(ids, model.text_tokenizer)]:
+        for delta in ["", *text_deltas(tokens, model.text_tokenizer)]:
             reply += delta
             conversation = [*history, {"role": "assistant", "content": reply}]
             yield conversation, "", conversation

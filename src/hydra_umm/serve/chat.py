@@ -8,9 +8,13 @@ the newest question must fit); a one-turn chat is exactly the question.
 
 from __future__ import annotations
 
-from typing import Iterator, Sequence
+from typing import Callable, Iterable, Iterator, Sequence
 
+from PIL import Image
 from transformers import PreTrainedTokenizerBase
+
+from hydra_umm.inference import HydraPipeline
+from hydra_umm.serve.queue import ModelQueue
 
 
 def conversation_prompt(turns: Sequence[str], tokenizer: PreTrainedTokenizerBase, max_tokens: int) -> str:
@@ -26,14 +30,29 @@ def conversation_prompt(turns: Sequence[str], tokenizer: PreTrainedTokenizerBase
     return "\n".join(kept)
 
 
-def text_deltas(ids: Sequence[int], tokenizer: PreTrainedTokenizerBase) -> Iterator[str]:
-    """The decoded text of ``ids`` as it grows token by token; a delta is held back while it ends
-    in an incomplete UTF-8 sequence (byte-level tokens), so the deltas join to the full text."""
-    shown = ""
-    for n in range(1, len(ids) + 1):
-        text = tokenizer.decode(ids[:n], skip_special_tokens=True)
-        if text.endswith("\ufffd") and n < len(ids):
-            continue
-        if len(text) > len(shown) and text.startswith(shown):
+def text_deltas(ids: Iterable[int], tokenizer: PreTrainedTokenizerBase) -> Iterator[str]:
+    """The decoded text of ``ids`` (a list, or token ids as a model produces them) as it grows
+    token by token; a delta is held back while it ends in an incomplete UTF-8 sequence (byte-level
+    tokens), so the deltas join to the full text."""
+    shown, seen = "", []
+    for token in ids:
+        seen.append(token)
+        text = tokenizer.decode(seen, skip_special_tokens=True)
+        if not text.endswith("\ufffd") and len(text) > len(shown) and text.startswith(shown):
             yield text[len(shown) :]
             shown = text
+    text = tokenizer.decode(seen, skip_special_tokens=True)
+    if len(text) > len(shown) and text.startswith(shown):
+        yield text[len(shown) :]
+
+
+def answer_stream(queue: ModelQueue, pipe: HydraPipeline, image: Image.Image, prompt: str, max_new_tokens: int,
+                  temperature: float, seed: int) -> Iterator[int]:
+    """The answer's token ids (eos left out) as the model decodes them, through the model queue;
+    raises QueueFull at once when the queue is full."""
+    eos = pipe.model.ids["eos"]
+
+    def job(emit: Callable[[int], None]) -> None:
+        pipe.answer_ids([image], [prompt], max_new_tokens, temperature, seed, on_token=lambda t: emit(int(t[0])))
+
+    return (token for token in queue.stream(job) if token != eos)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import queue
 import threading
 from concurrent.futures import Future
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Iterator, Optional
 
 
 class QueueFull(RuntimeError):
@@ -38,6 +38,28 @@ class ModelQueue:
         except queue.Full:
             raise QueueFull(f"the model queue is full ({self.depth} requests waiting); retry later") from None
         return future
+
+    def stream(self, job: Callable[[Callable[[Any], None]], Any]) -> Iterator[Any]:
+        """Queue ``job(emit)`` and iterate over what it emits while it runs (a model decoding token
+        by token). Raises QueueFull at once when the queue is full; the job's exception, if any, is
+        raised when the iteration reaches it."""
+        items: queue.Queue = queue.Queue()
+        end = object()
+
+        def run() -> Any:
+            try:
+                return job(items.put)
+            finally:
+                items.put(end)
+
+        future = self.submit(run)
+
+        def emitted() -> Iterator[Any]:
+            while (item := items.get()) is not end:
+                yield item
+            future.result()
+
+        return emitted()
 
     def close(self) -> None:
         """Finish the queued jobs, then stop the worker."""
