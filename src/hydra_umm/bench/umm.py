@@ -41,7 +41,7 @@ def _forward_figure(pipe: HydraPipeline) -> Figure:
     question = "what colour is the shape?"
     samples += [{"kind": "und", "image": images[i], "prompt": question, "target": "red"} for i in (2, 3)]
     batch = model.collate(samples, caption_dropout=0.0)
-    ids = torch.randint(0, model.cfg.llm.vocab_size, batch.layout.input_ids.shape, generator=g)
+    ids = torch.randint(0, model.llm.config.vocab_size, batch.layout.input_ids.shape, generator=g)
     with torch.no_grad():
         hydra = timeit(lambda: model(batch, generator=torch.Generator().manual_seed(0)), iters=5)
         bare = timeit(lambda: model.llm(input_ids=ids), iters=5)
