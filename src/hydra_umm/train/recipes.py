@@ -26,8 +26,8 @@ from torch.utils.data import ConcatDataset, Dataset
 from hydra_umm.config import Config, to_dict
 from hydra_umm.data.datasets import TASKS, ConversationDataset, RecordDataset, ShardDataset, shapes_records
 from hydra_umm.data.manifest import read_manifest
-from hydra_umm.data.transforms import ImageTransform
 from hydra_umm.data.mixture import MixtureDataset, TaskMixture, mixture_stream, shard_stream
+from hydra_umm.data.transforms import ImageTransform
 from hydra_umm.train.distributed import DistEnv, checkpoint_activations, data_parallel, init_distributed, shard
 from hydra_umm.train.engine import Trainer
 from hydra_umm.train.schedule import build_optimizer
@@ -133,25 +133,32 @@ def save_samples(images: torch.Tensor, path: Path, rows: int = 1) -> None:
     save_image((images.detach().float().cpu() + 1) / 2, path, nrow=max(1, len(images) // rows))
 
 
-def _validator(batches: list[list[dict]], mixture, env: DistEnv, sample: Callable[[int], None] | None):
-    """Validation: mean losses over fixed batches, the count of skipped images, and samples written
-    by ``sample(step)`` on rank 0."""
+def _skipped(source) -> int:
+    """Unreadable images skipped so far by a mixture or a shard dataset."""
+    return source.skipped if hasattr(source, "skipped") else source.skips.count
+
+
+def _fit(trainee: nn.Module, model: nn.Module, optimizer, scheduler, data, mixture, val: list[list[dict]],
+         sample: Callable[[int], None], cfg: Config, env: DistEnv) -> Path:
+    """Run the Trainer on ``trainee`` with validation (mean losses over the fixed ``val`` batches,
+    the count of skipped images, and ``sample(step)`` on every rank, which writes on rank 0), then
+    save ``model`` into ``<out_dir>/model``."""
     from hydra_umm.data.datasets import collate_items
 
-    def validate(model: nn.Module, step: int) -> dict[str, float]:
+    def validate(module: nn.Module, step: int) -> dict[str, float]:
         totals: dict[str, float] = {}
-        for items in batches:
-            out = model(collate_items(items))
-            for k, v in out.items():
-                totals[k] = totals.get(k, 0.0) + float(v) / len(batches)
-        if sample is not None and env.is_main:
-            sample(step)
-        skipped = getattr(mixture, "skipped", None)
-        if skipped is None:
-            skipped = mixture.skips.count
-        return {**totals, "data_skipped": float(skipped)}
+        for items in val:
+            for k, v in module(collate_items(items)).items():
+                totals[k] = totals.get(k, 0.0) + float(v) / len(val)
+        sample(step)
+        return {**totals, "data_skipped": float(_skipped(mixture))}
 
-    return validate
+    Trainer(trainee, optimizer, scheduler, data, cfg.train, env, validate=validate, run_config=to_dict(cfg)).fit()
+    model_dir = Path(cfg.train.out_dir) / "model"
+    if env.is_main:
+        model.save_pretrained(model_dir)
+        log.info("%s saved to %s (%d unreadable images skipped)", type(model).__name__, model_dir, _skipped(mixture))
+    return model_dir
 
 
 # ------------------------------------------------------------------------------- recipes
@@ -195,25 +202,13 @@ def train_tokenizer(cfg: Config) -> Path:
     out_dir = Path(cfg.train.out_dir)
 
     def sample(step: int) -> None:
-        if not val:
-            return
-        images = torch.stack([it["image"] for it in val[0]]).to(env.device)
-        g = torch.Generator(device=env.device).manual_seed(cfg.seed)
-        recon = tok.decode(tok.encode(images), generator=g)
-        save_samples(torch.cat([images, recon]), out_dir / "samples" / f"recon_{step:07d}.png", rows=2)
+        if val and env.is_main:
+            images = torch.stack([it["image"] for it in val[0]]).to(env.device)
+            g = torch.Generator(device=env.device).manual_seed(cfg.seed)
+            recon = tok.decode(tok.encode(images), generator=g)
+            save_samples(torch.cat([images, recon]), out_dir / "samples" / f"recon_{step:07d}.png", rows=2)
 
-    trainer = Trainer(objective, optimizer, scheduler, data, cfg.train, env,
-                      validate=_validator(val, mixture, env, sample), run_config=to_dict(cfg))
-    trainer.fit()
-    model_dir = out_dir / "model"
-    if env.is_main:
-        tok.save_pretrained(model_dir)
-        log.info("tokenizer saved to %s (%d unreadable images skipped)", model_dir, _skipped(mixture))
-    return model_dir
-
-
-def _skipped(source) -> int:
-    return source.skipped if hasattr(source, "skipped") else source.skips.count
+    return _fit(objective, tok, optimizer, scheduler, data, mixture, val, sample, cfg, env)
 
 
 def _text_corpus(cfg: Config, image_size: int) -> list[str]:
@@ -266,21 +261,14 @@ def train_umm(cfg: Config) -> Path:
     out_dir = Path(cfg.train.out_dir)
     prompts = [it["prompt"] for batch in val for it in batch if it["kind"] == "gen"][:4]
 
-    def sample(step: int) -> None:
-        if not prompts:
-            return
-        images = HydraPipeline(model).generate(prompts, seed=cfg.seed)
-        transform = ImageTransform(size)
-        save_samples(torch.stack([transform(im) for im in images]), out_dir / "samples" / f"t2i_{step:07d}.png")
+    def sample(step: int) -> None:  # every rank generates (the LLM may be sharded); rank 0 writes
+        if prompts:
+            images = HydraPipeline(model).generate(prompts, seed=cfg.seed)
+            if env.is_main:
+                grid = torch.stack([ImageTransform(size)(im) for im in images])
+                save_samples(grid, out_dir / "samples" / f"t2i_{step:07d}.png")
 
-    trainer = Trainer(model, optimizer, scheduler, data, cfg.train, env,
-                      validate=_validator(val, mixture, env, sample), run_config=to_dict(cfg))
-    trainer.fit()
-    model_dir = out_dir / "model"
-    if env.is_main:
-        model.save_pretrained(model_dir)
-        log.info("HYDRA saved to %s (%d unreadable images skipped)", model_dir, _skipped(mixture))
-    return model_dir
+    return _fit(model, model, optimizer, scheduler, data, mixture, val, sample, cfg, env)
 
 
 RECIPES: dict[str, Callable[[Config], Path]] = {"tokenizer": train_tokenizer, "umm": train_umm}
