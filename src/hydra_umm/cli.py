@@ -171,7 +171,7 @@ def _bench(args: argparse.Namespace) -> None:
 def _demo(args: argparse.Namespace) -> None:
     from hydra_umm.demo import run_demo
 
-    run_demo(out=args.out, fast=args.fast)
+    run_demo(out=args.out, plan="fast" if args.fast else "full")
 
 
 def _serve(args: argparse.Namespace) -> None:

@@ -74,7 +74,8 @@ def train_all(out: Path, plan: DemoPlan, say=print) -> Path:
     data_dir = out / "data"
     if not (data_dir / "summary.json").is_file():
         say(f"[1/4] rendering {plan.scenes} shapes-world scenes into {data_dir}")
-        make_dataset(data_dir, n=plan.scenes, size=64, seed=0, prompts_per_tag=plan.eval_prompts)
+        size = load_config("tiny", list(plan.overrides)).tokenizer.image_size
+        make_dataset(data_dir, n=plan.scenes, size=size, seed=0, prompts_per_tag=plan.eval_prompts)
     data = f"{data_dir / 'train.jsonl'},{data_dir / 'val.jsonl'}"
 
     teacher = out / "teacher" / WEIGHTS_FILE
@@ -141,16 +142,20 @@ def evaluate_all(out: Path, plan: DemoPlan, model_dir: Path, say=print) -> dict:
     return results
 
 
-def run_demo(out: str | Path = "runs/demo", fast: bool = False, say=print) -> dict:
-    """The whole job; returns the evaluation tables."""
+def run_demo(out: str | Path = "runs/demo", plan: str | DemoPlan = "full", say=print) -> dict:
+    """The whole job with a plan of :data:`PLANS` (any but "full" runs in ``<out>/<plan>``) or a
+    :class:`DemoPlan` of your own; returns the evaluation tables."""
     from hydra_umm.data.manifest import read_manifest
     from hydra_umm.data.shapes import score_image
     from hydra_umm.eval import load_images, report_run
     from hydra_umm.eval.benchmarks.geneval import read_geneval_metadata
     from hydra_umm.inference import HydraPipeline
 
-    plan = PLANS["fast" if fast else "full"]
-    out = Path(out) / ("fast" if fast else "")
+    out = Path(out)
+    if isinstance(plan, str):
+        if plan not in PLANS:
+            raise ValueError(f"unknown demo plan {plan!r}; plans: {', '.join(PLANS)}")
+        out, plan = out / ("" if plan == "full" else plan), PLANS[plan]
     start = time.perf_counter()
     model_dir = train_all(out, plan, say)
     results = evaluate_all(out, plan, model_dir, say)

@@ -1,0 +1,31 @@
+"""The main job end to end with a micro plan (a few steps per stage, 32 px): every stage runs, the
+report and the metric tables are written, and a second run reuses what the first trained."""
+
+import json
+
+from hydra_umm.demo import DemoPlan, run_demo
+
+MICRO = DemoPlan(
+    scenes=80, teacher_steps=2, tokenizer_steps={"1": 2, "2": 1}, umm_steps={"I": 2, "II": 1, "III": 1},
+    batch_size=4, eval_images=12, eval_prompts=1, samples_per_prompt=1,
+    overrides=("tokenizer.lambda_lpips=0", "tokenizer.decode_steps=2", "umm.flow.steps=2"),
+)
+
+
+def test_demo_runs_every_stage_and_reuses_them(tmp_path):
+    said = []
+    results = run_demo(tmp_path, MICRO, say=said.append)
+    assert set(results) == {"reconstruction", "generation", "understanding", "alignment"}
+    assert {"overall", "single_object", "colors"} <= set(results["generation"])
+    assert "majority baseline" in results["understanding"] and "generation vs understanding" in results["alignment"]
+    for name in results:
+        assert json.loads((tmp_path / "eval" / f"{name}.json").read_text()) == results[name]
+    assert (tmp_path / "report" / "index.html").is_file()
+    assert (tmp_path / "model" / "model.safetensors").is_file()  # the link to the last stage's model
+    assert any(line.startswith("report:") for line in said)
+    trained = [line for line in said if line.startswith("[2/4]")]
+    assert len(trained) == 6  # teacher, tokenizer 1-2, HYDRA I-III
+
+    said.clear()
+    run_demo(tmp_path, MICRO, say=said.append)
+    assert not [line for line in said if line.startswith(("[1/4]", "[2/4]"))]  # only evaluation again
