@@ -131,3 +131,20 @@ def test_activation_checkpointing_keeps_outputs_gradients_and_state_keys():
         torch.testing.assert_close(p.grad, q.grad)
     with pytest.raises(ValueError, match="no module of types"):
         checkpoint_activations(plain, (nn.Conv2d,))
+
+
+def test_the_recipes_train_on_two_processes(tmp_path):
+    """`hydra-umm train` under torchrun: the tokenizer with DDP, then HYDRA with its LLM sharded by
+    FSDP2 (ranks whose batches hold different tasks must still agree), saved whole by rank 0."""
+    from hydra_umm.inference import HydraPipeline
+
+    torchrun = Path(sys.executable).with_name("torchrun")
+    common = ["--config", "tiny", "data=shapes:40", "train.steps=2", "train.warmup=1", "train.batch_size=2",
+              "train.num_workers=0", "train.val_every=0", "tokenizer.lambda_lpips=0", "umm.flow.steps=2"]
+    for what, extra in (("tokenizer", ["stage=1", f"train.out_dir={tmp_path / 'tok'}"]),
+                        ("umm", ["stage=II", f"train.out_dir={tmp_path / 'umm'}", f"umm.tokenizer_path={tmp_path / 'tok' / 'model'}"])):
+        result = subprocess.run([str(torchrun), "--standalone", "--nproc_per_node", "2", "-m", "hydra_umm.cli",
+                                 "train", what, *common, *extra], capture_output=True, text=True, timeout=300)
+        assert result.returncode == 0, result.stderr[-3000:]
+    (image,) = HydraPipeline.from_pretrained(tmp_path / "umm" / "model").generate(["a red circle"], steps=2)
+    assert image.size == (64, 64)

@@ -31,7 +31,7 @@ from typing import Any, Mapping, Optional
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_model, save_model
+from safetensors.torch import load_model, save_file, save_model
 from torch import Tensor, nn
 from transformers import AutoConfig, PretrainedConfig, PreTrainedTokenizerBase
 
@@ -293,27 +293,35 @@ class HydraModel(nn.Module):
         hidden = self.sequence_hidden_states(lay, visual)
 
         targets = lay.labels[:, 1:].to(device)
+        # Both heads run on every batch; a term without samples is the head's output weighted 0, so
+        # every rank yields a gradient for every trainable parameter, as sharded training (FSDP2) needs.
         has_target = targets != IGNORE
-        loss_ntp = hidden.new_zeros(())
         if has_target.any():
             logits = self.llm.lm_head(hidden[:, :-1][has_target])
             loss_ntp = F.cross_entropy(logits.float(), targets[has_target])
-        loss_flow = hidden.new_zeros(())
+        else:
+            loss_ntp = 0.0 * self.llm.lm_head(hidden[:, :1]).float().sum()
         if noised.any():
             v_hat = self.vision_head(self.block_hidden(hidden, lay)[noised], t[noised])
             loss_flow = F.mse_loss(v_hat.float(), flow.velocity_target(x0, z)[noised].float())
+        else:
+            loss_flow = 0.0 * self.vision_head(hidden[:, :1], hidden.new_zeros(len(hidden))).float().sum()
         loss = loss_ntp + self.cfg.umm.lambda_flow * loss_flow
         return {"loss": loss, "loss_ntp": loss_ntp.detach(), "loss_flow": loss_flow.detach()}
 
     # ------------------------------------------------------------------------------- save / load
 
-    def save_pretrained(self, directory: str | Path) -> None:
+    def save_pretrained(self, directory: str | Path, state_dict: Optional[dict[str, Tensor]] = None) -> None:
         """config.json (the full Config), model.safetensors, the text tokenizer's files and the LM's
-        transformers config under llm/."""
+        transformers config under llm/. ``state_dict``: the full weights when the model's own are
+        sharded (gathered by the caller, e.g. hydra_umm.train.distributed.full_model_state)."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
         (directory / "config.json").write_text(json.dumps(to_dict(self.cfg), indent=2))
-        save_model(self, str(directory / "model.safetensors"))
+        if state_dict is None:
+            save_model(self, str(directory / "model.safetensors"))
+        else:  # clones: tied weights must not share memory in a safetensors file
+            save_file({k: v.detach().clone() for k, v in state_dict.items()}, str(directory / "model.safetensors"))
         self.text_tokenizer.save_pretrained(str(directory))
         self.llm.config.save_pretrained(str(directory / "llm"))
 

@@ -28,7 +28,8 @@ from hydra_umm.data.datasets import TASKS, ConversationDataset, RecordDataset, S
 from hydra_umm.data.manifest import read_manifest
 from hydra_umm.data.mixture import MixtureDataset, TaskMixture, mixture_stream, shard_stream
 from hydra_umm.data.transforms import ImageTransform
-from hydra_umm.train.distributed import DistEnv, checkpoint_activations, data_parallel, init_distributed, shard
+from hydra_umm.train.distributed import (DistEnv, checkpoint_activations, data_parallel, full_model_state,
+                                         init_distributed, shard)
 from hydra_umm.train.engine import Trainer
 from hydra_umm.train.schedule import build_optimizer
 
@@ -155,8 +156,10 @@ def _fit(trainee: nn.Module, model: nn.Module, optimizer, scheduler, data, mixtu
 
     Trainer(trainee, optimizer, scheduler, data, cfg.train, env, validate=validate, run_config=to_dict(cfg)).fit()
     model_dir = Path(cfg.train.out_dir) / "model"
+    sharded = env.world_size > 1 and trainee is model  # FSDP2 (HYDRA); DDP keeps full weights
+    state = full_model_state(model) if sharded else None
     if env.is_main:
-        model.save_pretrained(model_dir)
+        model.save_pretrained(model_dir, **({"state_dict": state} if sharded else {}))
         log.info("%s saved to %s (%d unreadable images skipped)", type(model).__name__, model_dir, _skipped(mixture))
     return model_dir
 
@@ -254,9 +257,9 @@ def train_umm(cfg: Config) -> Path:
     data, mixture = _stream(cfg, ratios, size, env)
     tasks = [t for t, r in zip(TASKS, ratios) if r > 0]
     val = _validation_batches(cfg, tasks, size, count=2)
-    components = model.param_groups()
     if env.world_size > 1:
         shard(model, list(model.llm.model.layers), bf16=cfg.train.bf16 and env.device.type == "cuda")
+    components = model.param_groups()  # after sharding, which replaces the parameters
     optimizer, scheduler = build_optimizer({k: v for k, v in components.items() if v}, cfg.train, model)
     out_dir = Path(cfg.train.out_dir)
     prompts = [it["prompt"] for batch in val for it in batch if it["kind"] == "gen"][:4]
