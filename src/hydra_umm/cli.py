@@ -140,9 +140,9 @@ def _eval_cknna(args: argparse.Namespace) -> None:
 
 def _eval_report(args: argparse.Namespace) -> None:
     from hydra_umm.data.manifest import read_manifest
-    from hydra_umm.data.shapes import score_image
     from hydra_umm.eval import load_images, report_run
     from hydra_umm.eval.benchmarks.geneval import read_geneval_metadata
+    from hydra_umm.eval.benchmarks.shapes_geneval import score_shapes_image
 
     pipe = _load_pipeline(args) if args.model else None
     size = pipe.tokenizer.cfg.image_size if pipe else None
@@ -152,7 +152,7 @@ def _eval_report(args: argparse.Namespace) -> None:
         images=load_images(args.images, size, args.limit) if args.images and pipe else (),
         prompts=read_geneval_metadata(args.metadata)[: args.limit] if args.metadata else (),
         qa_records=read_manifest(args.manifest)[: args.limit] if args.manifest else (),
-        scorer=lambda image, meta: float(score_image(image, meta)["correct"]),
+        scorer=score_shapes_image,
     )
     print(f"report written to {page}")
 

@@ -109,18 +109,17 @@ def train_all(out: Path, plan: DemoPlan, say=print) -> Path:
     return model
 
 
-def evaluate_all(out: Path, plan: DemoPlan, model_dir: Path, say=print) -> dict:
-    """Step 3: metrics on the test split, each written to ``<out>/eval/<name>.json``."""
+def evaluate_all(out: Path, plan: DemoPlan, pipe, say=print) -> dict:
+    """Step 3: metrics of the HydraPipeline ``pipe`` on the test split, each written to
+    ``<out>/eval/<name>.json``."""
     from hydra_umm.data.manifest import read_manifest
     from hydra_umm.eval import evaluate_reconstruction, load_images
     from hydra_umm.eval.alignment import evaluate_cknna
     from hydra_umm.eval.benchmarks.generation import GenerationSettings
     from hydra_umm.eval.benchmarks.shapes_geneval import evaluate_shapes_geneval
     from hydra_umm.eval.benchmarks.shapes_vqa import evaluate_shapes_vqa
-    from hydra_umm.inference import HydraPipeline
 
     say("[3/4] evaluating on the held-out test split")
-    pipe = HydraPipeline.from_pretrained(model_dir)
     data_dir = out / "data"
     test = read_manifest(data_dir / "test.jsonl")[: plan.eval_images]
     images = load_images(data_dir / "test.jsonl", pipe.tokenizer.cfg.image_size, plan.eval_images)
@@ -146,9 +145,9 @@ def run_demo(out: str | Path = "runs/demo", plan: str | DemoPlan = "full", say=p
     """The whole job with a plan of :data:`PLANS` (any but "full" runs in ``<out>/<plan>``) or a
     :class:`DemoPlan` of your own; returns the evaluation tables."""
     from hydra_umm.data.manifest import read_manifest
-    from hydra_umm.data.shapes import score_image
     from hydra_umm.eval import load_images, report_run
     from hydra_umm.eval.benchmarks.geneval import read_geneval_metadata
+    from hydra_umm.eval.benchmarks.shapes_geneval import score_shapes_image
     from hydra_umm.inference import HydraPipeline
 
     out = Path(out)
@@ -158,16 +157,16 @@ def run_demo(out: str | Path = "runs/demo", plan: str | DemoPlan = "full", say=p
         out, plan = out / ("" if plan == "full" else plan), PLANS[plan]
     start = time.perf_counter()
     model_dir = train_all(out, plan, say)
-    results = evaluate_all(out, plan, model_dir, say)
-    say("[4/4] writing the report")
     pipe = HydraPipeline.from_pretrained(model_dir)
+    results = evaluate_all(out, plan, pipe, say)
+    say("[4/4] writing the report")
     data_dir = out / "data"
     page = report_run(
         out, pipeline=pipe,
         images=load_images(data_dir / "test.jsonl", pipe.tokenizer.cfg.image_size, 8),
         prompts=read_geneval_metadata(data_dir / "evaluation_metadata.jsonl")[:: max(1, plan.eval_prompts // 2)],
         qa_records=read_manifest(data_dir / "test.jsonl")[:4],
-        scorer=lambda image, meta: float(score_image(image, meta)["correct"]),
+        scorer=score_shapes_image,
     )
     recon, gen, und = results["reconstruction"], results["generation"], results["understanding"]
     say(f"\nreconstruction: PSNR {recon['psnr']:.2f} dB, SSIM {recon['ssim']:.3f}")

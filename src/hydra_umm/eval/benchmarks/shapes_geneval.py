@@ -6,11 +6,17 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Callable
 
-from hydra_umm.data.shapes import score_generations
+from hydra_umm.data.shapes import score_generations, score_image
 from hydra_umm.eval.benchmarks.generation import GenerationSettings
 from hydra_umm.eval.benchmarks.geneval import write_geneval
 
 Scorer = Callable[[Path, Path], Any]
+
+
+def score_shapes_image(image: Any, metadata: dict) -> float:
+    """1.0 when the shapes scorer judges ``image`` (PIL) to satisfy the GenEval-style ``metadata``, else 0.0
+    (the per-image scorer of :func:`hydra_umm.eval.report.report_run`)."""
+    return float(score_image(image, metadata)["correct"])
 
 
 def evaluate_shapes_geneval(
