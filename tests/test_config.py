@@ -26,7 +26,7 @@ def test_overrides_are_typed():
     "override, message",
     [
         ("tokenizer.foo=1", "valid keys here: tokenizer.image_size"),
-        ("bogus=1", "valid keys here: name, seed, data, stage, init, tokenizer, llm, umm, train"),
+        ("bogus=1", "valid keys here: name, seed, data, stage, init, tokenizer, xtok, llm, umm, harmon, train"),
         ("tokenizer.gen_depth=abc", "expected int"),
         ("tokenizer=3", "is a section"),
         ("novalue", "key=value"),

@@ -3,6 +3,8 @@ report and the metric tables are written, and a second run reuses what the first
 
 import json
 
+import yaml
+
 from hydra_umm.demo import DemoPlan, run_demo
 
 MICRO = DemoPlan(
@@ -29,3 +31,19 @@ def test_demo_runs_every_stage_and_reuses_them(tmp_path):
     said.clear()
     run_demo(tmp_path, MICRO, say=said.append)
     assert not [line for line in said if line.startswith(("[1/4]", "[2/4]"))]  # only evaluation again
+
+
+def test_the_ablation_trains_each_task_alone_and_reports_it_beside_the_joint_run(tmp_path):
+    said = []
+    results = run_demo(tmp_path, MICRO, say=said.append, ablation=True)
+    table = results["ablation"]
+    assert json.loads((tmp_path / "eval" / "ablation.json").read_text()) == table
+    assert table["generation overall: joint"] == results["generation"]["overall"]
+    assert table["VQA overall: joint"] == results["understanding"]["overall"]
+    assert {"generation overall: generation only", "VQA overall: understanding only"} <= set(table)
+    for variant in ("generation-only", "understanding-only"):
+        for stage in ("I", "II", "III"):
+            assert (tmp_path / "ablation" / variant / f"hydra-{stage}" / "model" / "model.safetensors").is_file()
+    config = yaml.safe_load((tmp_path / "ablation" / "generation-only" / "hydra-II" / "config.yaml").read_text())
+    assert config["train"]["ratios"] == [0.0, 0.0, 1.0]  # text-to-image data only
+    assert "ablation" in (tmp_path / "report" / "index.html").read_text()

@@ -11,6 +11,7 @@ _EXPORTS = {
     "Config": "hydra_umm.config",
     "load_config": "hydra_umm.config",
     "HydraTok": "hydra_umm.models.hydra_tok",
+    "HydraXTok": "hydra_umm.models.hydra_xtok",
     "HydraModel": "hydra_umm.models.hydra",
     "HydraPipeline": "hydra_umm.inference",
 }

@@ -58,7 +58,8 @@ class TokenizerConfig:
     # GSB and distillation
     cons_stop_grad: bool = True  # stop-gradient on h in the consistency loss
     distill_layers: list[int] = field(default_factory=lambda: [5, 11, 17, 23])
-    # pixel flow decoder
+    # decoder: "flow" (pixel flow decoder, DESIGN section 1) | "vit" (deterministic ViT decoder, section 4)
+    decoder: str = "flow"
     decoder_width: int = 1024
     decoder_depth: int = 12
     decoder_heads: int = 16
@@ -69,11 +70,25 @@ class TokenizerConfig:
     lambda_cons: float = 1.0
     lambda_distill: float = 1.0
     lambda_lpips: float = 1.0
+    lambda_l1: float = 1.0  # the ViT decoder's reconstruction term
     lambda_gan: float = 0.1
     flow: FlowConfig = field(default_factory=FlowConfig)
     # local weight files ("" = none): VGG16 for LPIPS, a timm InternViT checkpoint for teacher+student
     lpips_weights: str = ""
     teacher_weights: str = ""
+
+
+@dataclass
+class XTokConfig:
+    """HYDRA-X's tokenizer for images and videos (DESIGN section 4), on top of ``tokenizer`` (its
+    ViT, GSB, decoder and loss weights). Numbers the paper text does not give are ours."""
+
+    attention: str = "tubelet"  # "full" | "causal" | "tubelet" (own latent frame + the one before)
+    temporal_compression: str = "hier"  # "hier" (2x at the patch embedding, 2x after merge_after) | "single" (4x at the input)
+    merge_after: int = 6  # hier: Gen-ViT blocks run at 2x temporal compression before the second 2x stage
+    rope_theta: float = 10000.0  # 3D RoPE base
+    lambda_distill_video: float = 1.0  # video teacher vs decompressed Sem-ViT features (the image term: tokenizer.lambda_distill)
+    video_teacher_weights: str = ""  # a local safetensors of the video teacher's ViT ("" = random, tests only)
 
 
 @dataclass
@@ -109,6 +124,48 @@ class UMMConfig:
 
 
 @dataclass
+class HarmonConfig:
+    """Harmon, the shared-MAR-encoder baseline (DESIGN section 5). Defaults follow Harmon's code
+    (wusize/Harmon: MAR's KL-16 autoencoder, MAR-B encoder/decoder, the diffusion MLP head)."""
+
+    image_size: int = 256
+    # KL autoencoder (MAR's KL-16 at these defaults): stride 2 ** (len(vae_ch_mult) - 1)
+    vae_path: str = ""  # a local checkpoint (e.g. MAR's kl16.ckpt); "" = random init (tiny presets train one)
+    vae_channels: int = 128
+    vae_ch_mult: list[int] = field(default_factory=lambda: [1, 1, 2, 2, 4])
+    vae_res_blocks: int = 2
+    latent_dim: int = 16
+    latent_scale: float = 0.2325
+    lambda_vae_kl: float = 1e-6  # KL weight when the autoencoder itself trains (ours)
+    # MAR encoder / decoder (bidirectional ViTs over latent tokens, patch 1)
+    buffer_size: int = 64
+    encoder_width: int = 768
+    encoder_depth: int = 12
+    encoder_heads: int = 12
+    decoder_width: int = 768
+    decoder_depth: int = 12
+    decoder_heads: int = 12
+    mlp_ratio: float = 4.0
+    dropout: float = 0.1  # attention and projection dropout of the MAR blocks
+    # diffusion MLP head
+    head_width: int = 1024
+    head_depth: int = 6
+    diffusion_steps: int = 1000  # training schedule (cosine)
+    sampling_steps: int = 100  # respaced schedule for sampling
+    diffusion_repeat: int = 4  # each token's loss at this many different t
+    clip_denoised: float = 0.0  # > 0: clamp the head's x0 estimate to [-c, c] while sampling (0 = Harmon's, off)
+    # training
+    mask_ratio_min: float = 0.7  # mask ratio ~ N(1, 0.25) truncated to [mask_ratio_min, 1]
+    mask_ratio_std: float = 0.25
+    caption_dropout: float = 0.1
+    und_grad_scale: float = 0.1  # the caption loss's gradient into the visual tokens is scaled by this
+    # sampling
+    mar_steps: int = 64  # K masked-autoregressive steps
+    cfg_scale: float = 3.0
+    temperature: float = 1.0
+
+
+@dataclass
 class Config:
     """Everything a run needs. Sections grow with the issues; keys stay stable once landed."""
 
@@ -118,8 +175,10 @@ class Config:
     stage: str = ""  # training stage: "1" | "2" (tokenizer), "I" | "II" | "III" (HYDRA)
     init: str = ""  # a saved model directory a stage starts from (tokenizer stage 2, HYDRA stages II-III)
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
+    xtok: XTokConfig = field(default_factory=XTokConfig)  # HYDRA-X's tokenizer (with `tokenizer`)
     llm: LLMConfig = field(default_factory=LLMConfig)
     umm: UMMConfig = field(default_factory=UMMConfig)
+    harmon: HarmonConfig = field(default_factory=HarmonConfig)  # the Harmon baseline (with `llm`)
     train: TrainConfig = field(default_factory=TrainConfig)
 
 

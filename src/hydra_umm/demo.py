@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from hydra_umm.config import Config, load_config
@@ -31,13 +31,19 @@ class DemoPlan:
     teacher_steps: int
     tokenizer_steps: dict[str, int]  # stage -> steps
     umm_steps: dict[str, int]
+    # instruction : caption : t2i per HYDRA stage. The paper's 0:1:3 / 0:2:2 / 1:2:2 assume an LLM that
+    # already follows instructions; a random tiny Qwen2 must learn to answer questions from stage I on.
+    umm_ratios: dict[str, tuple[float, float, float]] = field(default_factory=lambda: {
+        "I": (1.0, 1.0, 2.0), "II": (1.0, 1.0, 2.0), "III": (2.0, 1.0, 1.0)})
     batch_size: int = 16
     eval_images: int = 64  # test images for reconstruction, CKNNA and VQA
     eval_prompts: int = 10  # GenEval-style prompts per category
     samples_per_prompt: int = 2
     # config overrides on the tiny preset. No VGG16 weights exist here, and LPIPS through a random
-    # VGG16 costs 3 of every 4 seconds of a tokenizer step on this CPU: the demo leaves it out.
-    overrides: tuple[str, ...] = ("tokenizer.lambda_lpips=0",)
+    # VGG16 costs 3 of every 4 seconds of a tokenizer step on this CPU: the demo leaves it out. The
+    # deterministic ViT decoder (HYDRA-X's) reconstructs in one pass and reaches a far higher PSNR in
+    # the demo's budget than the pixel flow decoder (see the README's demo section).
+    overrides: tuple[str, ...] = ("tokenizer.lambda_lpips=0", "tokenizer.decoder=vit")
 
 
 PLANS = {
@@ -65,10 +71,14 @@ def _stage_config(plan: DemoPlan, data: str, out_dir: Path, stage: str, steps: i
     ])
 
 
+def _training_data(out: Path) -> str:
+    return f"{out / 'data' / 'train.jsonl'},{out / 'data' / 'val.jsonl'}"
+
+
 def train_all(out: Path, plan: DemoPlan, say=print) -> Path:
     """Steps 1 and 2; returns the final HYDRA model directory (``<out>/model``)."""
     from hydra_umm.data.shapes import make_dataset
-    from hydra_umm.train.recipes import train_tokenizer, train_umm
+    from hydra_umm.train.recipes import train_tokenizer
     from hydra_umm.train.teacher import WEIGHTS_FILE, train_teacher
 
     data_dir = out / "data"
@@ -76,7 +86,7 @@ def train_all(out: Path, plan: DemoPlan, say=print) -> Path:
         say(f"[1/4] rendering {plan.scenes} shapes-world scenes into {data_dir}")
         size = load_config("tiny", list(plan.overrides)).tokenizer.image_size
         make_dataset(data_dir, n=plan.scenes, size=size, seed=0, prompts_per_tag=plan.eval_prompts)
-    data = f"{data_dir / 'train.jsonl'},{data_dir / 'val.jsonl'}"
+    data = _training_data(out)
 
     teacher = out / "teacher" / WEIGHTS_FILE
     if not teacher.is_file():
@@ -93,57 +103,116 @@ def train_all(out: Path, plan: DemoPlan, say=print) -> Path:
             train_tokenizer(_stage_config(plan, data, run, stage, steps, *extra))
         previous = str(run / "model")
 
-    tokenizer, previous = previous, ""
-    for stage, steps in plan.umm_steps.items():
-        run = out / f"hydra-{stage}"
-        if not _done(run / "model"):
-            say(f"[2/4] HYDRA stage {stage} ({steps} steps)")
-            extra = [f"init={previous}"] if previous else [f"umm.tokenizer_path={tokenizer}"]
-            train_umm(_stage_config(plan, data, run, stage, steps, *extra))
-        previous = str(run / "model")
-
+    final = _train_hydra(out, plan, plan.umm_ratios, say)
     model = out / "model"
     if model.is_symlink() or model.exists():
         model.unlink()
-    model.symlink_to(Path(previous).relative_to(out))
+    model.symlink_to(final.relative_to(out))
     return model
+
+
+def _train_hydra(out: Path, plan: DemoPlan, ratios: dict[str, tuple[float, ...]], say=print,
+                 root: Path | None = None) -> Path:
+    """HYDRA stages I-III on the demo's data and tokenizer (both under ``out``) with the given data
+    ratios per stage, into ``<root>/hydra-<stage>`` (root defaults to ``out``); returns the last model."""
+    from hydra_umm.train.recipes import train_umm
+
+    data = _training_data(out)
+    root, previous = root or out, ""
+    for stage, steps in plan.umm_steps.items():
+        run = root / f"hydra-{stage}"
+        if not _done(run / "model"):
+            say(f"[2/4] HYDRA stage {stage} ({steps} steps) in {run}")
+            extra = [f"init={previous}"] if previous else [f"umm.tokenizer_path={out / _tokenizer_run(plan)}"]
+            extra.append(f"train.ratios=[{','.join(map(str, ratios[stage]))}]")
+            train_umm(_stage_config(plan, data, run, stage, steps, *extra))
+        previous = run / "model"
+    return previous
+
+
+def _tokenizer_run(plan: DemoPlan) -> str:
+    """The demo's final tokenizer, relative to the demo folder."""
+    return f"tokenizer-{list(plan.tokenizer_steps)[-1]}/model"
+
+
+def _generation(pipe, out: Path, plan: DemoPlan, samples: Path) -> dict[str, float]:
+    """The shapes-world GenEval score, overall and per category; samples written under ``samples``."""
+    from hydra_umm.eval.benchmarks.generation import GenerationSettings
+    from hydra_umm.eval.benchmarks.shapes_geneval import evaluate_shapes_geneval
+
+    geneval = evaluate_shapes_geneval(pipe, out / "data" / "evaluation_metadata.jsonl", samples,
+                                      n_samples=plan.samples_per_prompt, settings=GenerationSettings(seed=0))
+    return {"overall": geneval["overall"], **{t: c["accuracy"] for t, c in geneval["categories"].items()}}
+
+
+def _understanding(pipe, out: Path, plan: DemoPlan) -> dict[str, float]:
+    """VQA accuracy on the test split, overall and per question type, beside the majority baselines."""
+    from hydra_umm.data.manifest import read_manifest
+    from hydra_umm.eval.benchmarks.shapes_vqa import evaluate_shapes_vqa
+
+    vqa = evaluate_shapes_vqa(pipe, read_manifest(out / "data" / "test.jsonl")[: plan.eval_images])
+    return {"overall": vqa["accuracy"], "majority baseline": vqa["majority_baseline"],
+            **{f"{t}": v["accuracy"] for t, v in vqa["per_type"].items()},
+            **{f"{t} (majority)": v["majority_baseline"] for t, v in vqa["per_type"].items()}}
+
+
+def _write_tables(out: Path, tables: dict[str, dict]) -> None:
+    for name, table in tables.items():
+        path = out / "eval" / f"{name}.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(table, indent=2) + "\n")
 
 
 def evaluate_all(out: Path, plan: DemoPlan, pipe, say=print) -> dict:
     """Step 3: metrics of the HydraPipeline ``pipe`` on the test split, each written to
     ``<out>/eval/<name>.json``."""
-    from hydra_umm.data.manifest import read_manifest
     from hydra_umm.eval import evaluate_reconstruction, load_images
     from hydra_umm.eval.alignment import evaluate_cknna
-    from hydra_umm.eval.benchmarks.generation import GenerationSettings
-    from hydra_umm.eval.benchmarks.shapes_geneval import evaluate_shapes_geneval
-    from hydra_umm.eval.benchmarks.shapes_vqa import evaluate_shapes_vqa
 
     say("[3/4] evaluating on the held-out test split")
-    data_dir = out / "data"
-    test = read_manifest(data_dir / "test.jsonl")[: plan.eval_images]
-    images = load_images(data_dir / "test.jsonl", pipe.tokenizer.cfg.image_size, plan.eval_images)
-    vqa = evaluate_shapes_vqa(pipe, test)
-    geneval = evaluate_shapes_geneval(pipe, data_dir / "evaluation_metadata.jsonl", out / "eval" / "geneval",
-                                      n_samples=plan.samples_per_prompt, settings=GenerationSettings(seed=0))
+    images = load_images(out / "data" / "test.jsonl", pipe.tokenizer.cfg.image_size, plan.eval_images)
     results = {
         "reconstruction": evaluate_reconstruction(pipe, images),
-        "generation": {"overall": geneval["overall"], **{t: c["accuracy"] for t, c in geneval["categories"].items()}},
-        "understanding": {"overall": vqa["accuracy"], "majority baseline": vqa["majority_baseline"],
-                          **{f"{t}": v["accuracy"] for t, v in vqa["per_type"].items()},
-                          **{f"{t} (majority)": v["majority_baseline"] for t, v in vqa["per_type"].items()}},
+        "generation": _generation(pipe, out, plan, out / "eval" / "geneval"),
+        "understanding": _understanding(pipe, out, plan),
         "alignment": evaluate_cknna(pipe, images, k=min(10, len(images) - 1)),
     }
-    for name, table in results.items():
-        path = out / "eval" / f"{name}.json"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(table, indent=2) + "\n")
+    _write_tables(out, results)
     return results
 
 
-def run_demo(out: str | Path = "runs/demo", plan: str | DemoPlan = "full", say=print) -> dict:
+# The paper's section 3 ablation: the same HYDRA budget on one task's data alone (instruction :
+# caption : t2i ratios in every stage) against the joint run.
+ABLATION = {"generation only": (0.0, 0.0, 1.0), "understanding only": (1.0, 1.0, 0.0)}
+
+
+def run_ablation(out: Path, plan: DemoPlan, joint: dict, say=print) -> dict[str, float]:
+    """Train HYDRA stages I-III once per :data:`ABLATION` variant (same steps, same tokenizer) under
+    ``<out>/ablation/``, score each on its own task, and write ``<out>/eval/ablation.json`` beside
+    ``joint`` (the tables of :func:`evaluate_all`)."""
+    from hydra_umm.inference import HydraPipeline
+
+    table = {}
+    for variant, ratios in ABLATION.items():
+        root = out / "ablation" / variant.replace(" ", "-")
+        model = _train_hydra(out, plan, dict.fromkeys(plan.umm_steps, ratios), say, root=root)
+        say(f"[3/4] evaluating the {variant} model")
+        pipe = HydraPipeline.from_pretrained(model)
+        if ratios[2] > 0:
+            scores, task, joint_scores = _generation(pipe, out, plan, root / "geneval"), "generation", joint["generation"]
+        else:
+            scores, task, joint_scores = _understanding(pipe, out, plan), "VQA", joint["understanding"]
+        for key in ("overall", *(k for k in scores if k != "overall" and "majority" not in k)):
+            table[f"{task} {key}: {variant}"] = scores[key]
+            table[f"{task} {key}: joint"] = joint_scores[key]
+    _write_tables(out, {"ablation": table})
+    return table
+
+
+def run_demo(out: str | Path = "runs/demo", plan: str | DemoPlan = "full", say=print, ablation: bool = False) -> dict:
     """The whole job with a plan of :data:`PLANS` (any but "full" runs in ``<out>/<plan>``) or a
-    :class:`DemoPlan` of your own; returns the evaluation tables."""
+    :class:`DemoPlan` of your own; returns the evaluation tables. ``ablation`` adds the joint-vs-
+    separate ablation (:func:`run_ablation`) to the tables and the report."""
     from hydra_umm.data.manifest import read_manifest
     from hydra_umm.eval import load_images, report_run
     from hydra_umm.eval.benchmarks.geneval import read_geneval_metadata
@@ -159,6 +228,8 @@ def run_demo(out: str | Path = "runs/demo", plan: str | DemoPlan = "full", say=p
     model_dir = train_all(out, plan, say)
     pipe = HydraPipeline.from_pretrained(model_dir)
     results = evaluate_all(out, plan, pipe, say)
+    if ablation:
+        results["ablation"] = run_ablation(out, plan, results, say)
     say("[4/4] writing the report")
     data_dir = out / "data"
     page = report_run(
@@ -173,6 +244,8 @@ def run_demo(out: str | Path = "runs/demo", plan: str | DemoPlan = "full", say=p
     say("generation (shapes GenEval): " + ", ".join(f"{k} {v:.2f}" for k, v in gen.items()))
     say(f"understanding (VQA): overall {und['overall']:.2f} (majority baseline {und['majority baseline']:.2f})")
     say("alignment (CKNNA): " + ", ".join(f"{k} {v:.3f}" for k, v in results["alignment"].items()))
+    if ablation:
+        say("ablation: " + ", ".join(f"{k} {v:.2f}" for k, v in results["ablation"].items() if " overall: " in k))
     say(f"report: {page}\nmodel: {model_dir} (try: hydra-umm generate --model {model_dir} --prompt 'a red circle'"
         f" --out red.png)\ntook {time.perf_counter() - start:.0f} s")
     return results

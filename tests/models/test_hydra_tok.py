@@ -9,6 +9,7 @@ from hydra_umm.config import to_dict
 from hydra_umm.models.bottleneck import kl_loss
 from hydra_umm.models.pixel_decoder import PixelFlowDecoder, patchify, unpatchify
 from hydra_umm.models.vit import build_vit
+from hydra_umm.models.vit_decoder import ViTDecoder
 
 B = 2
 
@@ -282,9 +283,10 @@ def test_load_internvit_fills_student_and_teacher(cfg, tmp_path, suffix):
 # ------------------------------------------------------------------------------ learning
 
 
-def test_tiny_hydra_tok_overfits_a_handful_of_images():
+@pytest.mark.parametrize("decoder", ["flow", "vit"])
+def test_tiny_hydra_tok_overfits_a_handful_of_images(decoder):
     torch.manual_seed(0)
-    tok = HydraTok(load_config("tiny", ["tokenizer.lambda_lpips=0"]).tokenizer)
+    tok = HydraTok(load_config("tiny", ["tokenizer.lambda_lpips=0", f"tokenizer.decoder={decoder}"]).tokenizer)
     x = draw_shapes(4, seed=1)
 
     def reconstruction_psnr() -> float:
@@ -301,3 +303,52 @@ def test_tiny_hydra_tok_overfits_a_handful_of_images():
         opt.step()
     after = reconstruction_psnr()
     assert after - before >= 6.0, f"decoded PSNR {before:.2f} dB -> {after:.2f} dB"
+
+
+@pytest.fixture(scope="module")
+def vit_decoded(images):
+    torch.manual_seed(0)
+    tok = HydraTok(load_config("tiny", ["tokenizer.decoder=vit", "tokenizer.lambda_lpips=0"]).tokenizer)
+    tok.zero_grad(set_to_none=True)
+    out = tok(images, stage=1, generator=torch.Generator().manual_seed(0))
+    out["loss"].backward()
+    return tok, out, _grads(tok)
+
+
+def test_vit_decoder_is_deterministic_and_trained_by_l1(vit_decoded, images):
+    tok, out, grads = vit_decoded
+    assert isinstance(tok.decoder, ViTDecoder) and "loss_flow" not in out
+    z = tok.encode(images)
+    x_hat = tok.decoder(z)
+    assert x_hat.shape == images.shape
+    assert torch.equal(tok.decode(z), tok.decode(z, generator=torch.Generator().manual_seed(5)))
+    assert torch.equal(tok.decode(z), x_hat.clamp(-1, 1))
+    mu, logvar = tok.bottleneck.compress(tok.gen_features(images))
+    assert out["loss_kl"].item() == pytest.approx(kl_loss(mu, logvar).item(), rel=1e-5)
+    terms = out["loss_l1"] + 1e-6 * out["loss_kl"] + out["loss_cons"] + out["loss_distill"]
+    assert out["loss"].item() == pytest.approx(terms.item(), rel=1e-5)
+    assert _reaches(grads, "decoder.") and _reaches(grads, "vit.") and _untouched(grads, "teacher.")
+
+
+def test_an_unknown_decoder_is_refused_with_the_choices_named():
+    with pytest.raises(ValueError, match="unknown decoder 'vae'.*flow, vit"):
+        HydraTok(load_config("tiny", ["tokenizer.decoder=vae"]).tokenizer)
+
+
+def test_latent_statistics_standardise_every_channel(model, images):
+    z = model.encode(images).flatten(0, 1)  # (B * N, c)
+    assert torch.equal(model.standardise(z), z)  # identity before statistics are recorded
+    model.record_latent_stats([images[:1], images[1:]])  # two batches: the same as one
+    try:
+        assert torch.allclose(model.latent_mean, z.mean(0), atol=1e-5)
+        assert torch.allclose(model.latent_std, z.std(0, unbiased=False), atol=1e-5)
+        zs = model.standardise(z)
+        assert torch.allclose(zs.mean(0), torch.zeros(z.shape[1]), atol=1e-4)
+        assert torch.allclose(zs.std(0, unbiased=False), torch.ones(z.shape[1]), atol=1e-4)
+        assert torch.allclose(model.unstandardise(zs), z, atol=1e-5)
+        assert "latent_mean" in model.state_dict() and "latent_std" in model.state_dict()  # saved with the model
+    finally:
+        model.latent_mean.zero_()
+        model.latent_std.fill_(1.0)
+    with pytest.raises(ValueError, match="at least one batch"):
+        model.record_latent_stats([])

@@ -140,7 +140,7 @@ class HydraPipeline(TokenizerPipeline):
         """Text-to-image; None means the config default (umm.flow.steps, umm.cfg_scale, umm.flow.sampler);
         ``progress(step, steps)`` after every ODE step."""
         z = self.generate_latents(prompts, steps, cfg_scale, sampler, seed, use_cache, progress)
-        return to_pil(self.model.tokenizer.decode(z, generator=self._generator(seed + 1)))
+        return to_pil(self.model.decode(z, generator=self._generator(seed + 1)))
 
     # ------------------------------------------------------------------------------ understanding
 

@@ -2,9 +2,9 @@
 
 HYDRA-TOK's encoder feeds a causal LM through one visual path for both tasks:
 
-    image -> Gen-ViT -> GSB mean z            (frozen: the latent space must stay decodable)
+    image -> Gen-ViT -> GSB mean, standardised per channel -> z   (frozen: the latent space must stay decodable)
     z_t = t z + (1 - t) x0                   (generation: the flow's x_t; understanding: t = 1, z_t = z)
-    z_t -> GSB reconstruct -> Sem-ViT -> projector (+ timestep embedding of t) -> visual tokens
+    z_t -> unstandardise -> GSB reconstruct -> Sem-ViT -> projector (+ timestep embedding of t) -> visual tokens
 
 Text embeddings and visual tokens form one stream, each image block between vision-start and
 vision-end tokens, with causal attention for text and bidirectional attention inside a block.
@@ -220,12 +220,18 @@ class HydraModel(nn.Module):
 
     @torch.no_grad()
     def latents(self, images: Tensor) -> Tensor:
-        """(M, 3, H, W) in [-1, 1] -> the GSB mean z (M, N, c) through the frozen Gen-ViT."""
-        return self.tokenizer.encode(images, sample=False)
+        """(M, 3, H, W) in [-1, 1] -> z (M, N, c): the GSB mean through the frozen Gen-ViT, standardised
+        with the tokenizer's recorded statistics (the flow's data side, matched to its N(0, I) noise)."""
+        return self.tokenizer.standardise(self.tokenizer.encode(images, sample=False))
+
+    @torch.no_grad()
+    def decode(self, z: Tensor, generator: Optional[torch.Generator] = None) -> Tensor:
+        """Standardised latents z (M, N, c) -> images (M, 3, H, W) through the tokenizer's decoder."""
+        return self.tokenizer.decode(self.tokenizer.unstandardise(z), generator=generator)
 
     def visual_tokens(self, z_t: Tensor, t: Tensor) -> Tensor:
-        """Latents z_t (M, N, c) at flow time t (M,) -> LLM inputs (M, N, width)."""
-        s = self.tokenizer.sem_features(self.tokenizer.bottleneck.reconstruct(z_t))
+        """Standardised latents z_t (M, N, c) at flow time t (M,) -> LLM inputs (M, N, width)."""
+        s = self.tokenizer.sem_features(self.tokenizer.bottleneck.reconstruct(self.tokenizer.unstandardise(z_t)))
         return self.projector(s) + self.visual_time(t)[:, None]
 
     def embed(self, lay: Layout, visual: Optional[Tensor]) -> Tensor:

@@ -5,7 +5,11 @@
       -> GSB: compress to (mu, logvar), z = mu + sigma * eps                        -> z  (B, N, c)
       -> GSB: reconstruct                                                           -> h' (B, N, D)
       -> Sem-ViT: the class token prepended again, ViT blocks [k, depth)           -> s  (B, N, D)
-    z -> pixel flow decoder (ODE from noise) -> images
+    z -> pixel flow decoder (ODE from noise) or deterministic ViT decoder (one pass) -> images
+
+Latent statistics: per-channel mean and std of z over training images, recorded once the encoder is
+final (:meth:`record_latent_stats`); ``standardise`` maps z to zero mean and unit variance per
+channel, the space in which HYDRA's flow head works (its noise is N(0, I)).
 
 Gen-ViT and Sem-ViT are the two halves of ONE timm InternViT (``self.vit``). At the GSB the class
 token is dropped; Sem-ViT starts from the learned class token (with its position embedding) and h',
@@ -14,14 +18,14 @@ so its output depends on z alone: HYDRA feeds noised latents through the same pa
 Training (``forward``): stage 1 trains everything end to end on a sampled z with the flow, LPIPS,
 KL, consistency and self-distillation losses against a frozen teacher ViT; stage 2 freezes the
 encoder (z = posterior mean, computed without gradients) and refines the decoder with flow, LPIPS
-and a hinge GAN loss.
+and a hinge GAN loss. With the ViT decoder the flow term is replaced by L1 on the decoded image.
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Optional
+from typing import Iterable, Optional
 
 import torch
 import torch.nn.functional as F
@@ -38,8 +42,10 @@ from hydra_umm.models.bottleneck import GenerationSemanticBottleneck, consistenc
 from hydra_umm.models.discriminator import PatchDiscriminator
 from hydra_umm.models.pixel_decoder import PixelFlowDecoder
 from hydra_umm.models.vit import InputNormalization, build_vit, check_image_size
+from hydra_umm.models.vit_decoder import ViTDecoder
 
 CONFIG_FILE, WEIGHTS_FILE = "config.json", "model.safetensors"
+DECODERS = {"flow": PixelFlowDecoder, "vit": ViTDecoder}
 
 
 def _timm_state_filter(state: dict[str, Tensor], model: VisionTransformer) -> dict[str, Tensor]:
@@ -59,10 +65,14 @@ class HydraTok(nn.Module):
             raise ValueError(
                 f"distill_layers must be non-empty block indices in [0, {cfg.depth}), got {cfg.distill_layers}"
             )
+        if cfg.decoder not in DECODERS:
+            raise ValueError(f"unknown decoder {cfg.decoder!r}; use one of {', '.join(DECODERS)}")
         self.cfg = cfg
         self.vit = build_vit(cfg)  # student: Gen-ViT = blocks[:k], Sem-ViT = blocks[k:]
         self.bottleneck = GenerationSemanticBottleneck(cfg.width, cfg.latent_dim)
-        self.decoder = PixelFlowDecoder(
+        self.register_buffer("latent_mean", torch.zeros(cfg.latent_dim))
+        self.register_buffer("latent_std", torch.ones(cfg.latent_dim))
+        self.decoder = DECODERS[cfg.decoder](
             self.grid, cfg.patch_size, cfg.latent_dim, cfg.decoder_width, cfg.decoder_depth, cfg.decoder_heads
         )
         self.discriminator = PatchDiscriminator(cfg.disc_width)
@@ -181,6 +191,31 @@ class HydraTok(nn.Module):
         return self.sem_features(self.bottleneck.reconstruct(self.encode(images)))
 
     @torch.no_grad()
+    def record_latent_stats(self, batches: Iterable[Tensor]) -> None:
+        """Per-channel mean and std of the posterior mean z over every latent token of ``batches`` (of
+        images, or of whatever else ``encode`` takes)."""
+        total = total_sq = None
+        count = 0
+        for images in batches:
+            z = self.encode(images).reshape(-1, self.cfg.latent_dim).double()  # (tokens, c)
+            total = z.sum(0) if total is None else total + z.sum(0)
+            total_sq = z.pow(2).sum(0) if total_sq is None else total_sq + z.pow(2).sum(0)
+            count += z.shape[0]
+        if not count:
+            raise ValueError("record_latent_stats needs at least one batch of images")
+        mean = total / count
+        self.latent_mean.copy_(mean)
+        self.latent_std.copy_((total_sq / count - mean.pow(2)).clamp_min(1e-12).sqrt())
+
+    def standardise(self, z: Tensor) -> Tensor:
+        """z -> (z - mean) / std per channel (identity until statistics are recorded)."""
+        return (z - self.latent_mean) / self.latent_std
+
+    def unstandardise(self, z: Tensor) -> Tensor:
+        """The inverse of :meth:`standardise`."""
+        return z * self.latent_std + self.latent_mean
+
+    @torch.no_grad()
     def student_features(self, images: Tensor) -> dict[int, Tensor]:
         """Student patch tokens after each block in cfg.distill_layers, through the posterior mean
         (the deterministic path; the counterpart of :meth:`teacher_features`)."""
@@ -207,10 +242,13 @@ class HydraTok(nn.Module):
         sampler: Optional[str] = None,
         generator: Optional[torch.Generator] = None,
     ) -> Tensor:
-        """z (B, N, c) -> images (B, 3, H, W) in [-1, 1] by integrating the decoder's flow from noise."""
+        """z (B, N, c) -> images (B, 3, H, W) in [-1, 1]: the flow decoder integrates its ODE from
+        noise (``steps``, ``sampler``, ``generator``); the ViT decoder needs one pass and ignores them."""
         n, c = self.grid[0] * self.grid[1], self.cfg.latent_dim
         if z.dim() != 3 or z.shape[1:] != (n, c):
             raise ValueError(f"expected latents of shape (B, {n}, {c}), got {tuple(z.shape)}")
+        if self.cfg.decoder == "vit":
+            return self.decoder(z).clamp(-1, 1)
         size = self.cfg.image_size
         x0 = torch.randn((z.shape[0], 3, size, size), generator=generator, device=z.device, dtype=z.dtype)
         images = flow.sample(
@@ -231,15 +269,19 @@ class HydraTok(nn.Module):
         return self._loss_networks["lpips"].to(device)
 
     def _decoder_losses(self, images: Tensor, z: Tensor, generator: Optional[torch.Generator]) -> tuple[dict, Tensor]:
-        """Flow matching on pixels conditioned on z, and LPIPS of the clean estimate. Returns the
-        losses and the clean estimate x1_hat."""
-        fc = self.cfg.flow
-        x0 = torch.randn(images.shape, generator=generator, device=images.device, dtype=images.dtype)
-        t = flow.sample_t(images.shape[0], fc.t_sampling, fc.t_mean, fc.t_std, images.device, generator)
-        x_t = flow.interpolate(x0, images, t)
-        v_hat = self.decoder(x_t, t, z)
-        losses = {"loss_flow": F.mse_loss(v_hat, flow.velocity_target(x0, images))}
-        x1_hat = flow.clean_estimate(x_t, v_hat, t)
+        """The decoder's reconstruction term (flow matching on pixels conditioned on z, or L1 of the
+        ViT decoder's image) and LPIPS of its estimate x1_hat. Returns the losses and x1_hat."""
+        if self.cfg.decoder == "vit":
+            x1_hat = self.decoder(z)
+            losses = {"loss_l1": F.l1_loss(x1_hat, images)}
+        else:
+            fc = self.cfg.flow
+            x0 = torch.randn(images.shape, generator=generator, device=images.device, dtype=images.dtype)
+            t = flow.sample_t(images.shape[0], fc.t_sampling, fc.t_mean, fc.t_std, images.device, generator)
+            x_t = flow.interpolate(x0, images, t)
+            v_hat = self.decoder(x_t, t, z)
+            losses = {"loss_flow": F.mse_loss(v_hat, flow.velocity_target(x0, images))}
+            x1_hat = flow.clean_estimate(x_t, v_hat, t)
         if self.cfg.lambda_lpips > 0:
             losses["loss_lpips"] = self.perceptual(images.device)(x1_hat, images)
         return losses, x1_hat
@@ -254,8 +296,8 @@ class HydraTok(nn.Module):
     def forward(self, images: Tensor, stage: int = 1, generator: Optional[torch.Generator] = None) -> dict[str, Tensor]:
         """Every loss term and ``loss``, their weighted total (weights from the config).
 
-        Stage 1: loss_flow, loss_lpips, loss_kl, loss_cons, loss_distill. Stage 2: loss_flow,
-        loss_lpips, loss_gan, and ``loss_disc`` (the discriminator's hinge loss on the detached
+        Stage 1: loss_flow (loss_l1 with the ViT decoder), loss_lpips, loss_kl, loss_cons,
+        loss_distill. Stage 2: loss_flow (loss_l1), loss_lpips, loss_gan, and ``loss_disc`` (the discriminator's hinge loss on the detached
         clean estimate; not part of ``loss``). ``loss`` never reaches the discriminator's weights
         and ``loss_disc`` reaches nothing else, so ``loss + loss_disc`` can drive one optimiser.
         loss_lpips is absent when lambda_lpips is 0 (the VGG is then never built).
@@ -284,7 +326,7 @@ class HydraTok(nn.Module):
             weights = {"loss_gan": cfg.lambda_gan}
         else:
             raise ValueError(f"stage must be 1 or 2, got {stage!r}")
-        weights.update(loss_flow=1.0, loss_lpips=cfg.lambda_lpips)
+        weights.update(loss_flow=1.0, loss_l1=cfg.lambda_l1, loss_lpips=cfg.lambda_lpips)
         losses["loss"] = sum(weights[k] * v for k, v in losses.items())
         if stage == 2:
             losses["loss_disc"] = hinge_d_loss(self.discriminator(images), self.discriminator(x1_hat.detach()))

@@ -59,10 +59,12 @@ class TrainConfig:
     compile: bool = False  # torch.compile the model
     activation_checkpointing: bool = False
     num_workers: int = 2  # DataLoader workers per rank
+    latent_stats_images: int = 1024  # tokenizer stage 2: training images for the latent mean/std
 
     def check(self) -> None:
         """Raise ValueError naming the first setting that cannot work."""
-        positive = ["steps", "batch_size", "log_every", "keep_last", "max_bad_steps", "mixture_block"]
+        positive = ["steps", "batch_size", "log_every", "keep_last", "max_bad_steps", "mixture_block",
+                    "latent_stats_images"]
         for name in positive:
             if getattr(self, name) < 1:
                 raise ValueError(f"train.{name} must be >= 1, got {getattr(self, name)}")

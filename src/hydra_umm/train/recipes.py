@@ -2,6 +2,8 @@
 
 - ``tokenizer`` stage 1: HYDRA-TOK end to end (flow + LPIPS + GSB + self-distillation);
   stage 2: encoder frozen, decoder refined with the GAN, no distillation (paper appendix D).
+- ``xtok`` stages 1 / 2 / 3: HYDRA-XTok on images and clips in turn; 1 end to end, 2 decoder + GAN
+  on the frozen encoder, 3 Sem-ViT on standardised latents (Gen-ViT and decoder frozen).
 - ``umm`` stages I / II / III (paper Tab. 6): I trains Sem-ViT, projector and vision head with the
   LLM frozen; II trains everything but Gen-ViT and the GSB compressor; III is instruction tuning
   (same parameters, instruction data in the mixture).
@@ -174,7 +176,8 @@ def _check_stage(stage: str, allowed: Sequence[str], what: str) -> None:
 
 def train_tokenizer(cfg: Config) -> Path:
     """Train HYDRA-TOK for ``cfg.stage`` ("1" or "2"); returns the saved model directory.
-    Stage 2 starts from ``cfg.init`` (a stage-1 HydraTok directory)."""
+    Stage 2 starts from ``cfg.init`` (a stage-1 HydraTok directory) and first records the frozen
+    encoder's per-channel latent mean/std over ``train.latent_stats_images`` training images."""
     from hydra_umm.models.hydra_tok import HydraTok
 
     _check_stage(cfg.stage, TOKENIZER_STAGES, "tokenizer")
@@ -195,11 +198,15 @@ def train_tokenizer(cfg: Config) -> Path:
         module.requires_grad_(True)
     tok.teacher.requires_grad_(False)
     tok.to(env.device)
+    size = tok.cfg.image_size
+    if stage == 2:  # the encoder is final: record its latent statistics (HYDRA's flow works on standardised z)
+        batches, _ = _stream(cfg, [0, 0, 1], size, env)
+        count = -(-cfg.train.latent_stats_images // cfg.train.batch_size)
+        tok.record_latent_stats(batch["image"].to(env.device) for _, batch in zip(range(count), batches))
     if cfg.train.activation_checkpointing:
         checkpoint_activations(tok, (Block,))
     objective = data_parallel(TokenizerObjective(tok, stage), env)
     optimizer, scheduler = build_optimizer(components, cfg.train, tok)
-    size = tok.cfg.image_size
     data, mixture = _stream(cfg, [0, 0, 1], size, env)
     val = _validation_batches(cfg, ["t2i"], size, count=cfg.train.batch_size)
     out_dir = Path(cfg.train.out_dir)
@@ -274,4 +281,230 @@ def train_umm(cfg: Config) -> Path:
     return _fit(model, model, optimizer, scheduler, data, mixture, val, sample, cfg, env)
 
 
-RECIPES: dict[str, Callable[[Config], Path]] = {"tokenizer": train_tokenizer, "umm": train_umm}
+# Harmon (DESIGN section 5): "vae" trains its KL autoencoder, "unified" the model on top of it. Data
+# ratio instruction : caption : text-to-image of Harmon's released fine-tune recipe (1 caption : 4 t2i).
+HARMON_STAGES = ("vae", "unified")
+HARMON_RATIOS = [0.0, 1.0, 4.0]
+
+
+class AutoencoderObjective(nn.Module):
+    """Harmon's KL autoencoder's loss (L1 + lambda_kl * KL) on a collated batch."""
+
+    def __init__(self, vae: nn.Module, lambda_kl: float):
+        super().__init__()
+        self.vae, self.lambda_kl = vae, lambda_kl
+
+    def forward(self, batch: Mapping) -> dict[str, torch.Tensor]:
+        return self.vae(batch["image"], self.lambda_kl)
+
+
+def train_harmon(cfg: Config) -> Path:
+    """Train Harmon for ``cfg.stage``; returns the saved model directory. "vae": the KL autoencoder on
+    images alone (then ``harmon.vae_path=<that directory>``); "unified": MAR encoder/decoder,
+    projectors, diffusion head and LLM on the frozen autoencoder (or continued from ``cfg.init``).
+    Weight decay spares norms, biases and the diffusion head, as Harmon's optimiser does. One process
+    or many (DDP: every rank holds the whole model)."""
+    from hydra_umm.inference.harmon_pipeline import HarmonPipeline
+    from hydra_umm.models.harmon import AutoencoderKL, HarmonModel
+    from hydra_umm.models.text_tokenizer import build_text_tokenizer
+
+    _check_stage(cfg.stage, HARMON_STAGES, "Harmon")
+    env = init_distributed()
+    torch.manual_seed(cfg.seed)
+    size, out_dir = cfg.harmon.image_size, Path(cfg.train.out_dir)
+    if cfg.stage == "vae":
+        vae = AutoencoderKL(cfg.harmon).to(env.device)
+        components = {"encoder": [*vae.encoder.parameters(), *vae.quant_conv.parameters()],
+                      "decoder": [*vae.decoder.parameters(), *vae.post_quant_conv.parameters()]}
+        optimizer, scheduler = build_optimizer(components, cfg.train, vae)
+        data, mixture = _stream(cfg, [0, 0, 1], size, env)
+        val = _validation_batches(cfg, ["t2i"], size, count=cfg.train.batch_size)
+
+        def reconstruct(step: int) -> None:
+            if val and env.is_main:
+                images = torch.stack([it["image"] for it in val[0]]).to(env.device)
+                recon = vae.decode(vae.encode(images))
+                save_samples(torch.cat([images, recon]), out_dir / "samples" / f"recon_{step:07d}.png", rows=2)
+
+        objective = data_parallel(AutoencoderObjective(vae, cfg.harmon.lambda_vae_kl), env)
+        return _fit(objective, vae, optimizer, scheduler, data, mixture, val, reconstruct, cfg, env)
+
+    if cfg.init:
+        model = HarmonModel.from_pretrained(cfg.init)
+    else:
+        if not cfg.harmon.vae_path:
+            raise ValueError("Harmon trains on a KL autoencoder: set harmon.vae_path=<weights file, or the model "
+                             "directory of a stage=vae run>")
+        texts = [] if cfg.llm.path else _text_corpus(cfg, size)
+        model = HarmonModel(cfg, build_text_tokenizer(cfg.llm, texts))
+    model.to(env.device)
+    if cfg.train.activation_checkpointing:
+        checkpoint_activations(model, (Block, type(model.llm.model.layers[0])))
+    ratios = cfg.train.ratios or HARMON_RATIOS
+    data, mixture = _stream(cfg, ratios, size, env)
+    val = _validation_batches(cfg, [t for t, r in zip(TASKS, ratios) if r > 0], size, count=2)
+    optimizer, scheduler = build_optimizer(model.param_groups(), cfg.train, model)
+    for group in optimizer.param_groups:
+        if group["name"].startswith("vision_head"):
+            group["weight_decay"] = 0.0
+    prompts = [it["prompt"] for batch in val for it in batch if it["kind"] == "gen"][:4]
+
+    def sample(step: int) -> None:
+        if prompts and env.is_main:
+            images = HarmonPipeline(model).generate(prompts, seed=cfg.seed)
+            grid = torch.stack([ImageTransform(size)(im) for im in images])
+            save_samples(grid, out_dir / "samples" / f"t2i_{step:07d}.png")
+
+    return _fit(data_parallel(model, env), model, optimizer, scheduler, data, mixture, val, sample, cfg, env)
+
+
+# HYDRA-X's tokenizer (DESIGN section 4): stage 1 end to end, stage 2 decoder + GAN on the frozen
+# encoder, stage 3 Sem-ViT on standardised latents with Gen-ViT and the decoder frozen.
+XTOK_STAGES = ("1", "2", "3")
+
+
+def _clip_manifests(data: str) -> list[str]:
+    """The clip manifests among the sources of ``data``: the ``.jsonl`` files whose records have a
+    ``video`` (``shapes make --video`` writes them; their ``image`` is the anchor frame)."""
+    specs = [s.strip() for s in data.split(",") if s.strip().endswith(".jsonl")]
+    return [s for s in specs if any("video" in r for r in read_manifest(s))]
+
+
+def _clip_dataset(manifests: Sequence[str], image_size: int, split: str) -> Dataset | None:
+    """The clips of ``split`` of every clip manifest (all of a manifest that names no splits count as
+    "train"), cut to the shortest clip's 1 + 4k frames (records' ``frames``); None when there are none."""
+    from hydra_umm.data.video import ClipDataset
+
+    parts = []
+    for path in manifests:
+        records = read_manifest(path)
+        chosen = _split_records(records, split)
+        if not chosen:
+            continue
+        if any("frames" not in r for r in chosen):
+            raise ValueError(f"{path}: clip records need their frame count under 'frames'")
+        frames = 1 + 4 * ((min(int(r["frames"]) for r in chosen) - 1) // 4)
+        names_splits = any("split" in r for r in records)
+        parts.append(ClipDataset.from_manifest(path, "t2i", image_size, frames, split if names_splits else None))
+    if len({part.frames for part in parts}) > 1:
+        raise ValueError(f"clip manifests of different lengths {sorted({part.frames for part in parts})} frames: "
+                         "give clips of one length")
+    return (parts[0] if len(parts) == 1 else ConcatDataset(parts)) if parts else None
+
+
+class AlternatingStream:
+    """Image and clip batches in turn (image first), as one resumable stream: its state is both
+    streams' and whose turn it is. ``skipped``: unreadable images and clips of both."""
+
+    def __init__(self, images, image_source, clips, clip_source):
+        self.streams, self.sources, self.turn = (images, clips), (image_source, clip_source), 0
+
+    def __iter__(self) -> "AlternatingStream":
+        return self
+
+    def __next__(self) -> dict:
+        batch = next(self.streams[self.turn])
+        self.turn = 1 - self.turn
+        return batch
+
+    def state_dict(self) -> dict:
+        return {"turn": self.turn, "images": self.streams[0].state_dict(), "clips": self.streams[1].state_dict()}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.turn = int(state["turn"])
+        self.streams[0].load_state_dict(state["images"])
+        self.streams[1].load_state_dict(state["clips"])
+
+    @property
+    def skipped(self) -> int:
+        return sum(_skipped(source) for source in self.sources)
+
+
+def _xtok_components(tok: nn.Module, stage: int) -> dict[str, nn.Module]:
+    """What trains in ``stage``, by learning-rate group. The temporal patchify layers train with the
+    encoder, the latent Decompressor with the decoder, the feature Decompressor with the encoder
+    (stage 1) or with Sem-ViT (stage 3)."""
+    decoder = nn.ModuleList([tok.decoder, tok.latent_decompressor])
+    if stage == 1:
+        temporal = [m for m in (tok.temporal_embed, tok.temporal_merge) if m is not None]
+        return {"encoder": nn.ModuleList([tok.vit, tok.bottleneck, *temporal, tok.decompressor]), "decoder": decoder}
+    if stage == 2:
+        return {"decoder": decoder, "discriminator": tok.discriminator}
+    return {"sem_vit": nn.ModuleList(tok.sem_vit_modules())}
+
+
+def train_xtok(cfg: Config) -> Path:
+    """Train HYDRA-XTok for ``cfg.stage`` ("1", "2", "3") on images and clips mixed, one batch of
+    each in turn; returns the saved model directory. ``data``: the image sources of
+    :func:`open_sources` plus at least one clip manifest (a ``.jsonl`` whose records have ``video``;
+    its anchor frames also serve as images). Stages 2 and 3 start from ``cfg.init`` (the previous
+    stage's HydraXTok directory); stage 3 first records the latent mean/std over
+    ``train.latent_stats_images`` images and as many clips."""
+    from hydra_umm.models.hydra_xtok import HydraXTok
+
+    _check_stage(cfg.stage, XTOK_STAGES, "HYDRA-XTok")
+    stage = int(cfg.stage)
+    if stage > 1 and not cfg.init:
+        raise ValueError(f"HYDRA-XTok stage {stage} continues stage {stage - 1}: set init=<stage-{stage - 1} model "
+                         "directory>")
+    if cfg.train.activation_checkpointing:
+        raise ValueError("train.activation_checkpointing is not available for HYDRA-XTok (its blocks run through "
+                         "spacetime attention, not the timm blocks' forward)")
+    manifests = _clip_manifests(cfg.data) if cfg.data else []
+    if not manifests:
+        raise ValueError(f"HYDRA-XTok trains on images and clips: data={cfg.data!r} holds no clip manifest (a .jsonl "
+                         "whose records have 'video', e.g. from `hydra-umm shapes make --video`)")
+    env = init_distributed()
+    torch.manual_seed(cfg.seed)
+    tok = HydraXTok.from_pretrained(cfg.init) if cfg.init else HydraXTok(cfg.tokenizer, cfg.xtok)
+    cfg.tokenizer, cfg.xtok = tok.cfg, tok.xcfg
+    tok.requires_grad_(False)
+    components = _xtok_components(tok, stage)
+    for module in components.values():
+        module.requires_grad_(True)
+    tok.to(env.device)
+    size, train = tok.cfg.image_size, cfg.train
+    clip_set = _clip_dataset(manifests, size, "train")
+    if clip_set is None:
+        raise ValueError(f"no training clips in {manifests}")
+
+    def streams() -> AlternatingStream:
+        images, image_source = _stream(cfg, [0, 0, 1], size, env)
+        clip_source = MixtureDataset({"t2i": clip_set}, TaskMixture([0, 0, 1], seed=cfg.seed, block=train.mixture_block))
+        clips = mixture_stream(clip_source, train.batch_size, env.rank, env.world_size, train.num_workers)
+        return AlternatingStream(images, image_source, clips, clip_source)
+
+    if stage == 3:  # Gen-ViT is final: Sem-ViT learns on standardised latents of images and clips
+        stats = streams()
+        count = 2 * -(-train.latent_stats_images // train.batch_size)
+        tok.record_latent_stats(next(stats)["image"].to(env.device) for _ in range(count))
+    # image batches leave the Decompressors out of the graph: DDP must not wait for their gradients
+    objective = data_parallel(TokenizerObjective(tok, stage), env, find_unused_parameters=True)
+    optimizer, scheduler = build_optimizer(components, train, tok)
+    data = streams()
+    val_clips = _clip_dataset(manifests, size, "val")
+    val = _validation_batches(cfg, ["t2i"], size, count=train.batch_size)
+    if val_clips is not None:
+        items = [val_clips[i] for i in range(min(train.batch_size, len(val_clips)))]
+        val.append(items)
+    out_dir = Path(cfg.train.out_dir)
+
+    def sample(step: int) -> None:  # input rows above reconstruction rows, for the first image and clip batch
+        if not env.is_main:
+            return
+        for kind in ("image", "clip"):
+            batch = next((b for b in val if (b[0]["image"].dim() == 4) == (kind == "clip")), None)
+            if batch is not None:
+                x = torch.stack([it["image"] for it in batch]).to(env.device)
+                g = torch.Generator(device=env.device).manual_seed(cfg.seed)
+                recon = tok.decode(tok.encode(x), generator=g)
+                if kind == "clip":  # (B, 3, F, H, W) -> rows of frames
+                    x, recon = (v.transpose(1, 2).flatten(0, 1) for v in (x, recon))
+                save_samples(torch.cat([x, recon]), out_dir / "samples" / f"{kind}_{step:07d}.png",
+                             rows=2 * len(batch))
+
+    return _fit(objective, tok, optimizer, scheduler, data, data, val, sample, cfg, env)
+
+
+RECIPES: dict[str, Callable[[Config], Path]] = {"tokenizer": train_tokenizer, "umm": train_umm, "harmon": train_harmon,
+                                                "xtok": train_xtok}
