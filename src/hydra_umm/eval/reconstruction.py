@@ -4,6 +4,10 @@ Images come from a folder (sorted file names) or a JSONL manifest (``data.manife
 resized (shorter side) and centre-cropped to ``size`` when given (the paper evaluates ImageNet-1K
 val and COCO 2017 at the model's input size), reconstructed with
 ``pipeline.reconstruct(images, steps=, seed=) -> list[PIL.Image]``, and compared in [-1, 1].
+
+Clips (``evaluate_clip_reconstruction``) come from a folder of clips or a clip manifest
+(``data.video``), go through a video tokenizer's ``decode(encode(clips))`` (HYDRA-XTok), are
+quantised to 8 bits as saved frames are, and get per-frame PSNR / SSIM and rFVD (``eval.fvd``).
 """
 
 from __future__ import annotations
@@ -11,11 +15,14 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Sequence
 
+import torch
 from PIL import Image
 
 from hydra_umm.data.manifest import read_manifest
 from hydra_umm.data.transforms import IMAGE_EXTENSIONS, resize_crop, to_tensor
+from hydra_umm.data.video import load_clips
 from hydra_umm.eval.frechet import load_inception, rfid
+from hydra_umm.eval.fvd import clip_reconstruction_metrics, load_i3d
 from hydra_umm.eval.metrics import psnr, ssim
 
 def image_paths(source: str | Path) -> list[Path]:
@@ -82,3 +89,31 @@ def evaluate_reconstruction(
     if net is not None:
         result["rfid"] = rfid(net, originals, recons, batch_size)
     return result
+
+
+@torch.no_grad()
+def evaluate_clip_reconstruction(
+    tokenizer: Any,
+    source: str | Path | torch.Tensor,
+    frames: int,
+    i3d_weights: str | Path | None = None,
+    size: int | None = None,
+    steps: int | None = None,
+    seed: int = 0,
+    batch_size: int = 4,
+    limit: int | None = None,
+) -> dict:
+    """Mean per-frame PSNR (dB) and SSIM, PSNR per frame index and, when ``i3d_weights`` is given,
+    rFVD of ``tokenizer.decode(tokenizer.encode(clips), steps=, generator=)`` over clips of ``frames``
+    frames: a clip folder, a clip manifest, or clips (n, 3, F, H, W) in [-1, 1]."""
+    net = load_i3d(i3d_weights) if i3d_weights is not None else None  # fail before decoding
+    clips = load_clips(source, frames, size, limit) if isinstance(source, (str, Path)) else source[:limit]
+    device = next(tokenizer.parameters()).device
+    generator = torch.Generator(device=device).manual_seed(seed)
+    recons = []
+    for chunk in clips.split(batch_size):
+        recon = tokenizer.decode(tokenizer.encode(chunk.to(device)), steps=steps, generator=generator)
+        if recon.shape != chunk.shape:
+            raise ValueError(f"the tokenizer turned clips {tuple(chunk.shape)} into {tuple(recon.shape)}")
+        recons.append(((recon.float().clamp(-1, 1).cpu() + 1) * 127.5).round() / 127.5 - 1)  # 8-bit frames
+    return clip_reconstruction_metrics(clips, torch.cat(recons), net)
