@@ -34,8 +34,9 @@ test-browser: $(STAMP)
 	fi
 	$(BIN)/python -m pytest -q -rs -m browser
 
+# COMPARE=previous.json prints each figure's change; GPU=1 runs the paper preset on a CUDA GPU
 bench: $(STAMP)
-	$(BIN)/hydra-umm bench --out bench.json
+	$(BIN)/hydra-umm bench $(if $(GPU),--gpu --out bench-gpu.json,--out bench.json) $(if $(COMPARE),--compare $(COMPARE))
 
 clean-venv:
 	rm -rf $(VENV)

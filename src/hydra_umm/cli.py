@@ -16,9 +16,13 @@ from pathlib import Path
 
 
 def _shapes_make(args: argparse.Namespace) -> None:
-    from hydra_umm.data.shapes import make_dataset
+    from hydra_umm.data.shapes import make_clip_dataset, make_dataset
 
-    summary = make_dataset(args.out, n=args.n, size=args.size, seed=args.seed, prompts_per_tag=args.prompts_per_tag)
+    if args.video:
+        summary = make_clip_dataset(args.out, n=args.n, frames=args.frames, size=args.size, seed=args.seed,
+                                    video_format=args.format)
+    else:
+        summary = make_dataset(args.out, n=args.n, size=args.size, seed=args.seed, prompts_per_tag=args.prompts_per_tag)
     print(json.dumps(summary, indent=2))
 
 
@@ -42,6 +46,14 @@ def _train(args: argparse.Namespace) -> None:
     cfg = load_config(args.config, args.overrides)
     model_dir = RECIPES[args.what](cfg)
     print(f"model saved to {model_dir}")
+
+
+def _ablate_xtok(args: argparse.Namespace) -> None:
+    from hydra_umm.train.ablate import ablate_xtok
+
+    page = ablate_xtok(args.out, args.steps, preset=args.config, overrides=args.overrides, n_clips=args.clips,
+                       frames=args.frames, n_images=args.images)
+    print(f"ablation report written to {page}")
 
 
 # ---------------------------------------------------------------------------------- inference
@@ -105,6 +117,8 @@ def _write_json(result: dict, out: str | None) -> None:
 
 
 def _eval_recon(args: argparse.Namespace) -> None:
+    if args.frames is not None:
+        return _eval_recon_clips(args)
     from hydra_umm.eval import evaluate_reconstruction
     from hydra_umm.eval.frechet import INCEPTION_FILE
 
@@ -114,6 +128,20 @@ def _eval_recon(args: argparse.Namespace) -> None:
                                      limit=args.limit)
     if args.inception_weights is None:
         print(f"rFID skipped: pass --inception-weights <{INCEPTION_FILE}> (a local file; nothing is downloaded)")
+    _write_json(result, args.out)
+
+
+def _eval_recon_clips(args: argparse.Namespace) -> None:
+    from hydra_umm.eval.fvd import I3D_FILE
+    from hydra_umm.eval.reconstruction import evaluate_clip_reconstruction
+    from hydra_umm.models.hydra_xtok import HydraXTok
+
+    tokenizer = HydraXTok.from_pretrained(args.model).to(args.device).eval()
+    result = evaluate_clip_reconstruction(tokenizer, args.images, frames=args.frames, i3d_weights=args.i3d_weights,
+                                          size=tokenizer.cfg.image_size, steps=args.steps, seed=args.seed,
+                                          limit=args.limit)
+    if args.i3d_weights is None:
+        print(f"rFVD skipped: pass --i3d-weights <{I3D_FILE}> (a local file; nothing is downloaded)")
     _write_json(result, args.out)
 
 
@@ -163,15 +191,29 @@ DEMO_MODEL = Path("runs/demo/model")  # where `make demo` saves the HYDRA model 
 
 
 def _bench(args: argparse.Namespace) -> None:
-    from hydra_umm.bench import run_benchmarks
+    from hydra_umm import bench
 
-    run_benchmarks(out=args.out, include_paper=not args.no_paper)
+    if args.gpu:
+        from hydra_umm.bench.gpu import CudaUnavailable, require_cuda
+
+        try:
+            require_cuda()
+        except CudaUnavailable as e:
+            sys.exit(f"hydra-umm: error: {e}")
+    bench.run_benchmarks(
+        out=args.out,
+        include_paper=not args.no_paper,
+        suites=bench.GPU_SUITES if args.gpu else bench.SUITES,
+        previous=args.compare,
+        peak_tflops=args.peak_tflops,
+        device="cuda" if args.gpu else "cpu",
+    )
 
 
 def _demo(args: argparse.Namespace) -> None:
     from hydra_umm.demo import run_demo
 
-    run_demo(out=args.out, plan="fast" if args.fast else "full")
+    run_demo(out=args.out, plan="fast" if args.fast else "full", ablation=args.ablation)
 
 
 def _serve(args: argparse.Namespace) -> None:
@@ -198,6 +240,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=int, default=64, help="image side in pixels")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--prompts-per-tag", type=int, default=50, help="GenEval-style prompts drawn per category")
+    p.add_argument("--video", action="store_true", help="clips in motion instead of still images (--n clips)")
+    p.add_argument("--frames", type=int, default=17, help="frames per clip, 1 + 4k (with --video)")
+    p.add_argument("--format", choices=["png", "mp4"], default="png",
+                   help="a clip as a folder of PNG frames or an H.264 mp4 (with --video)")
     p.set_defaults(func=_shapes_make)
     p = shapes.add_parser("score", help="score generated images against GenEval-style metadata")
     p.add_argument("--images", required=True, help="folder in GenEval's layout (<index>/samples/*.png)")
@@ -207,9 +253,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train the tokenizer or HYDRA: a config preset plus key=value overrides",
                        epilog="overrides: key=value words after the flags, e.g. data=shapes stage=1 train.steps=100")
-    p.add_argument("what", choices=["tokenizer", "umm"])
+    p.add_argument("what", choices=["tokenizer", "umm", "harmon", "xtok"])
     p.add_argument("--config", default="tiny", help="a preset name (tiny, paper, ...) or a YAML file")
     p.set_defaults(func=_train, takes_overrides=True)
+
+    ablate = sub.add_parser("ablate", help="ablation studies: train variants with one budget, write a report")
+    p = ablate.add_subparsers(dest="what", required=True).add_parser(
+        "xtok", help="HYDRA-X Table 1: full/causal/tubelet attention x single/hier compression on shapes clips",
+        epilog="overrides: key=value words after the flags, applied to every variant, e.g. train.batch_size=4")
+    p.add_argument("--steps", type=int, default=300, help="training steps of each variant")
+    p.add_argument("--out", default="runs/ablate-xtok")
+    p.add_argument("--config", default="xtok-tiny", help="a preset name or a YAML file")
+    p.add_argument("--clips", type=int, default=200, help="shapes clips rendered (all splits)")
+    p.add_argument("--frames", type=int, default=9, help="frames per training and evaluation clip, 1 + 4k")
+    p.add_argument("--images", type=int, default=500, help="still shapes scenes (all splits)")
+    p.set_defaults(func=_ablate_xtok, takes_overrides=True)
 
     def model_args(p: argparse.ArgumentParser) -> None:
         p.add_argument("--model", required=True, help="a directory written by save_pretrained")
@@ -245,8 +303,11 @@ def build_parser() -> argparse.ArgumentParser:
         dest="action", required=True)
     p = evaluate.add_parser("recon", help="reconstruction PSNR, SSIM and (with Inception weights) rFID")
     model_args(p)
-    p.add_argument("--images", required=True, help="an image folder or a JSONL manifest")
+    p.add_argument("--images", required=True, help="an image folder or a JSONL manifest (with --frames: of clips)")
     p.add_argument("--inception-weights", default=None, help="local pt_inception-2015-12-05 weights for rFID")
+    p.add_argument("--frames", type=int, default=None,
+                   help="clips of this many frames (1 + 4k) through a HYDRA-XTok model: per-frame PSNR/SSIM, rFVD")
+    p.add_argument("--i3d-weights", default=None, help="local i3d_torchscript.pt for rFVD (with --frames)")
     p.add_argument("--limit", type=int, default=None, help="use the first N images")
     p.add_argument("--steps", type=int, default=None, help="decoder ODE steps")
     p.add_argument("--out", default=None, help="also write the result as JSON here")
@@ -272,7 +333,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("bench", help="speed benchmarks, as ratios against references measured in the same run")
     p.add_argument("--out", default="bench.json")
-    p.add_argument("--no-paper", action="store_true", help="skip the paper-scale presets")
+    p.add_argument("--no-paper", action="store_true", help="skip the paper-scale presets (--gpu: the tiny preset)")
+    p.add_argument("--compare", default=None, metavar="PREVIOUS_JSON", help="print each figure's change against "
+                   "an earlier run's JSON")
+    p.add_argument("--peak-tflops", type=float, default=None, help="peak bf16 TFLOP/s for the MFU (default: the "
+                   "known peak of the CUDA device; none on a CPU)")
+    p.add_argument("--gpu", action="store_true", help="the paper preset on one CUDA GPU: training steps "
+                   "(FSDP2, bf16, activation checkpointing and compile on/off), text-to-image, understanding")
     p.set_defaults(func=_bench)
 
     p = sub.add_parser("serve", help="the web page (/) and the OpenAI-shaped API (/v1) for one model")
@@ -287,6 +354,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="the main job on the embedded shapes world")
     p.add_argument("--out", default="runs/demo")
     p.add_argument("--fast", action="store_true", help="a smaller, quicker version")
+    p.add_argument("--ablation", action="store_true",
+                   help="also train HYDRA on generation only and on understanding only with the same budget")
     p.set_defaults(func=_demo)
     return parser
 

@@ -11,36 +11,49 @@ Tiny preset only: a paper-scale HYDRA needs local Qwen2.5 weights and is not che
 
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
+from transformers import PretrainedConfig
 
 from hydra_umm.bench import Figure, timeit
-from hydra_umm.config import load_config
+from hydra_umm.config import Config, load_config
 from hydra_umm.inference import HydraPipeline
-from hydra_umm.models.hydra import HydraModel
+from hydra_umm.models.hydra import HydraBatch, HydraModel
 from hydra_umm.models.text_tokenizer import train_text_tokenizer
 
 COLOURS = ("red", "green", "blue", "yellow", "purple", "orange")
 SHAPES = ("circle", "square", "triangle")
 LONG_PROMPT = " and ".join(f"a {c} {s} next to a small {c} {s}" for c in COLOURS for s in SHAPES)
+QUESTION = "what colour is the shape?"
 
 
-def _tiny_pipeline() -> HydraPipeline:
+def random_model(cfg: Config, llm_config: Optional[PretrainedConfig] = None) -> HydraModel:
+    """A randomly initialised HydraModel of ``cfg``'s sizes with a text tokenizer trained on shapes
+    captions; ``llm_config`` keeps the LM's own vocabulary size (paper shapes) instead of shrinking
+    it to the tokenizer's."""
     torch.manual_seed(0)
-    cfg = load_config("tiny")
     texts = [f"a {c} {s} on the {side}" for c in COLOURS for s in SHAPES for side in ("left", "right")]
-    model = HydraModel(cfg, train_text_tokenizer(texts + ["what colour is the shape?"], cfg.llm.vocab_size))
-    return HydraPipeline(model)
+    return HydraModel(cfg, train_text_tokenizer(texts + [QUESTION], cfg.llm.vocab_size), llm_config)
+
+
+def mixed_batch(model: HydraModel, size: int) -> HydraBatch:
+    """``size`` samples, half text-to-image and half understanding, on random images."""
+    g = torch.Generator().manual_seed(0)
+    side = model.cfg.tokenizer.image_size
+    images = torch.rand(size, 3, side, side, generator=g) * 2 - 1
+    samples = [
+        {"kind": "gen", "image": images[i], "prompt": f"a {COLOURS[i % len(COLOURS)]} circle", "target": ""}
+        if i < size // 2 else {"kind": "und", "image": images[i], "prompt": QUESTION, "target": "red"}
+        for i in range(size)
+    ]
+    return model.collate(samples, caption_dropout=0.0)
 
 
 def _forward_figure(pipe: HydraPipeline) -> Figure:
     model = pipe.model
     g = torch.Generator().manual_seed(0)
-    size = model.cfg.tokenizer.image_size
-    images = torch.rand(4, 3, size, size, generator=g) * 2 - 1
-    samples = [{"kind": "gen", "image": images[i], "prompt": f"a {COLOURS[i]} circle", "target": ""} for i in range(2)]
-    question = "what colour is the shape?"
-    samples += [{"kind": "und", "image": images[i], "prompt": question, "target": "red"} for i in (2, 3)]
-    batch = model.collate(samples, caption_dropout=0.0)
+    batch = mixed_batch(model, 4)
     ids = torch.randint(0, model.llm.config.vocab_size, batch.layout.input_ids.shape, generator=g)
     with torch.no_grad():
         hydra = timeit(lambda: model(batch, generator=torch.Generator().manual_seed(0)), iters=5)
@@ -66,7 +79,7 @@ def _sampling_figure(pipe: HydraPipeline) -> Figure:
 def _decode_figure(pipe: HydraPipeline) -> Figure:
     size = pipe.model.cfg.tokenizer.image_size
     images = list(torch.rand(2, 3, size, size, generator=torch.Generator().manual_seed(1)) * 2 - 1)
-    questions = ["what colour is the shape?"] * 2
+    questions = [QUESTION] * 2
 
     max_new = 32
 
@@ -87,5 +100,5 @@ def _decode_figure(pipe: HydraPipeline) -> Figure:
 
 
 def run(include_paper: bool = True) -> list[Figure]:
-    pipe = _tiny_pipeline()
+    pipe = HydraPipeline(random_model(load_config("tiny")))
     return [_forward_figure(pipe), _sampling_figure(pipe), _decode_figure(pipe)]
