@@ -17,7 +17,7 @@ VARIANTS = [(a, c) for a in ("full", "causal", "tubelet") for c in ("single", "h
 
 
 @torch.inference_mode()
-def _latencies(preset: str, overrides: list[str], label: str, rounds: int) -> list[Figure]:
+def encode_latencies(preset: str, overrides: list[str], label: str, rounds: int) -> list[Figure]:
     """Median encode seconds of each variant over ``rounds`` rounds that time every variant once in
     turn (after one untimed call each), so that a busy machine slows all of them alike."""
     encoders = {}
@@ -46,6 +46,6 @@ def _latencies(preset: str, overrides: list[str], label: str, rounds: int) -> li
 def run(include_paper: bool) -> list[Figure]:
     # the preset's 64 px (64 tokens a frame) and 128 px (256 a frame), where attention weighs more;
     # the paper's 448 px ViT-300M on 17 frames is far beyond a CPU run
-    figures = _latencies("xtok-tiny", [], "xtok-tiny, 64 px", rounds=7)
-    figures += _latencies("xtok-tiny", ["tokenizer.image_size=128"], "xtok-tiny, 128 px", rounds=5)
+    figures = encode_latencies("xtok-tiny", [], "xtok-tiny, 64 px", rounds=7)
+    figures += encode_latencies("xtok-tiny", ["tokenizer.image_size=128"], "xtok-tiny, 128 px", rounds=5)
     return figures

@@ -81,7 +81,7 @@ class SkipCounter:
         return int(self._value.value)
 
 
-def _check_task(task: str, allowed: Sequence[str]) -> None:
+def check_task(task: str, allowed: Sequence[str]) -> None:
     if task not in allowed:
         raise ValueError(f"unknown task {task!r}; this data set supports {tuple(allowed)}")
 
@@ -127,7 +127,7 @@ class RecordDataset(ImageItemDataset):
 
     def __init__(self, records: Sequence[dict], task: str, image_size: int):
         super().__init__(image_size)
-        _check_task(task, TASKS)
+        check_task(task, TASKS)
         for i, r in enumerate(records):
             if "image" not in r or "caption" not in r:
                 raise ValueError(f"record {i} lacks 'image' or 'caption': keys {sorted(r)}")
@@ -256,7 +256,7 @@ class ShardDataset(IterableDataset):
     IMAGE_KEYS = ("jpg", "jpeg", "png", "webp")
 
     def __init__(self, urls: Union[str, Sequence[str]], task: str, image_size: int):
-        _check_task(task, ("caption", "t2i"))
+        check_task(task, ("caption", "t2i"))
         self.urls, self.task = urls, task
         self.transform = ImageTransform(image_size)
         self.skips = SkipCounter()

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from hydra_umm.data.datasets import ImageItemDataset, UnreadableImage, _check_task, caption_item, load_image
+from hydra_umm.data.datasets import ImageItemDataset, UnreadableImage, check_task, caption_item, load_image
 from hydra_umm.data.manifest import read_manifest
 from hydra_umm.data.transforms import IMAGE_EXTENSIONS, resize_crop, to_pil, to_tensor
 
@@ -156,7 +156,7 @@ class ClipDataset(ImageItemDataset):
 
     def __init__(self, records: Sequence[dict], task: str, image_size: int, frames: int):
         super().__init__(image_size)
-        _check_task(task, CLIP_TASKS)
+        check_task(task, CLIP_TASKS)
         check_frame_count(frames)
         for i, r in enumerate(records):
             if "video" not in r or "caption" not in r:

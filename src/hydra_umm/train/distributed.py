@@ -66,12 +66,14 @@ def destroy_distributed() -> None:
         dist.destroy_process_group()
 
 
-def data_parallel(model: nn.Module, env: DistEnv) -> nn.Module:
-    """DDP for the tokenizer (every rank holds the whole model); the model itself at world size 1."""
+def data_parallel(model: nn.Module, env: DistEnv, find_unused_parameters: bool = False) -> nn.Module:
+    """DDP for the tokenizer (every rank holds the whole model); the model itself at world size 1.
+    ``find_unused_parameters``: some steps leave trainable parameters out of the graph (HYDRA-XTok's
+    Decompressors on image batches)."""
     if env.world_size == 1:
         return model
     device_ids = [env.device.index] if env.device.type == "cuda" else None
-    return DistributedDataParallel(model, device_ids=device_ids)
+    return DistributedDataParallel(model, device_ids=device_ids, find_unused_parameters=find_unused_parameters)
 
 
 def shard(model: nn.Module, submodules: Iterable[nn.Module], bf16: bool = False) -> nn.Module:

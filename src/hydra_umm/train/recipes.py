@@ -498,10 +498,11 @@ def train_xtok(cfg: Config) -> Path:
                 x = torch.stack([it["image"] for it in batch]).to(env.device)
                 g = torch.Generator(device=env.device).manual_seed(cfg.seed)
                 recon = tok.decode(tok.encode(x), generator=g)
-                if kind == "clip":  # (B, 3, F, H, W) -> rows of frames
+                rows = 2
+                if kind == "clip":  # (B, 3, F, H, W) -> a row of frames per clip
                     x, recon = (v.transpose(1, 2).flatten(0, 1) for v in (x, recon))
-                save_samples(torch.cat([x, recon]), out_dir / "samples" / f"{kind}_{step:07d}.png",
-                             rows=2 * len(batch))
+                    rows *= len(batch)
+                save_samples(torch.cat([x, recon]), out_dir / "samples" / f"{kind}_{step:07d}.png", rows=rows)
 
     return _fit(objective, tok, optimizer, scheduler, data, data, val, sample, cfg, env)
 

@@ -37,10 +37,10 @@ from scipy.optimize import linear_sum_assignment
 from hydra_umm.data.manifest import write_manifest
 from hydra_umm.data.shapes.captions import join
 from hydra_umm.data.shapes.prompts import with_article
-from hydra_umm.data.shapes.questions import _multiple_choice, _qa
+from hydra_umm.data.shapes.questions import multiple_choice, qa_item
 from hydra_umm.data.shapes.render import render
 from hydra_umm.data.shapes.scorer import Detection, detect
-from hydra_umm.data.shapes.world import BORDER, COLORS, HELDOUT_PAIRS, Scene, ShapeObject, _fits, sample_scene
+from hydra_umm.data.shapes.world import BORDER, COLORS, HELDOUT_PAIRS, Scene, ShapeObject, fits, sample_scene
 from hydra_umm.data.shapes.writer import split_sizes
 
 EVENTS: tuple[str, ...] = ("moves", "still", "appears", "recolors")
@@ -162,7 +162,7 @@ class Clip:
             return False
         for t in range(self.frames):
             placed = [o.at(t) for o in self.objects]
-            if any(not _fits(a.box, placed[i + 1:]) for i, a in enumerate(placed)):
+            if any(not fits(a.box, placed[i + 1:]) for i, a in enumerate(placed)):
                 return False
         return True
 
@@ -298,27 +298,27 @@ def clip_questions(clip: Clip, rng: np.random.Generator) -> list[dict]:
     named_movers = [o for o in named if o.event == "moves"]
     if named_movers:
         o = named_movers[int(rng.integers(len(named_movers)))]
-        qa = _qa(f"In which direction does the {name(o)} move?", clip.direction(o), "direction")
-        out += [qa, _multiple_choice(qa, list(DIRECTIONS), rng)]
+        qa = qa_item(f"In which direction does the {name(o)} move?", clip.direction(o), "direction")
+        out += [qa, multiple_choice(qa, list(DIRECTIONS), rng)]
     if len(movers) == 1 and movers[0] in named:
-        qa = _qa("Which object moves?", name(movers[0]), "moved")
+        qa = qa_item("Which object moves?", name(movers[0]), "moved")
         out.append(qa)
         if len(named) > 1:
-            out.append(_multiple_choice(qa, [name(o) for o in named], rng))
+            out.append(multiple_choice(qa, [name(o) for o in named], rng))
     if named:
         o = named[int(rng.integers(len(named)))]
-        out.append(_qa(f"Does the {name(o)} move?", "yes" if o.event == "moves" else "no", "moved_yes_no"))
+        out.append(qa_item(f"Does the {name(o)} move?", "yes" if o.event == "moves" else "no", "moved_yes_no"))
     start, end = clip.scene(0).objects, clip.scene(clip.frames - 1).objects
-    out.append(_qa("How many objects are there at the end?", str(len(end)), "count"))
-    out.append(_qa("How many objects move?", str(len(movers)), "count"))
+    out.append(qa_item("How many objects are there at the end?", str(len(end)), "count"))
+    out.append(qa_item("How many objects move?", str(len(movers)), "count"))
     if len(start) != len(end):
-        out.append(_qa("How many objects are there at the start?", str(len(start)), "count"))
+        out.append(qa_item("How many objects are there at the start?", str(len(start)), "count"))
     shapes = Counter(o.start.shape for o in clip.objects)
     unique = [o for o in clip.objects if shapes[o.start.shape] == 1]
     if unique:
         o = unique[int(rng.integers(len(unique)))]
-        qa = _qa(f"What color is the {o.start.shape} at the end?", o.end_color, "color_end")
-        out += [qa, _multiple_choice(qa, list(COLORS), rng)]
+        qa = qa_item(f"What color is the {o.start.shape} at the end?", o.end_color, "color_end")
+        out += [qa, multiple_choice(qa, list(COLORS), rng)]
     return [out[i] for i in rng.permutation(len(out))]
 
 

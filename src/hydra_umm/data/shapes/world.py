@@ -168,7 +168,7 @@ def clear_relation(a: ShapeObject, b: ShapeObject) -> Optional[str]:
     return next(iter(strict)) if len(strict) == 1 and strict == relative_position(a.box, b.box) else None
 
 
-def _fits(box: tuple[float, ...], others: Iterable[ShapeObject]) -> bool:
+def fits(box: tuple[float, ...], others: Iterable[ShapeObject]) -> bool:
     if box[0] < BORDER or box[1] < BORDER or box[2] > 1 - BORDER or box[3] > 1 - BORDER:
         return False
     for o in others:
@@ -190,7 +190,7 @@ def place(rng: np.random.Generator, specs: Sequence[tuple[str, str, str]], tries
             cx = rng.uniform(BORDER + hx * r, 1 - BORDER - hx * r)
             cy = rng.uniform(BORDER + hy * r, 1 - BORDER - hy * r)
             obj = ShapeObject(shape, color, size, float(cx), float(cy))
-            if _fits(obj.box, out):
+            if fits(obj.box, out):
                 out.append(obj)
                 break
         else:
