@@ -3,6 +3,7 @@ report and the metric tables are written, and a second run reuses what the first
 
 import json
 
+import pytest
 import yaml
 
 from hydra_umm.demo import DemoPlan, run_demo
@@ -14,8 +15,13 @@ MICRO = DemoPlan(
 )
 
 
-def test_demo_runs_every_stage_and_reuses_them(tmp_path):
-    said = []
+@pytest.fixture(scope="module")
+def demo_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("demo")
+
+
+def test_demo_runs_every_stage_and_reuses_them(demo_dir):
+    tmp_path, said = demo_dir, []
     results = run_demo(tmp_path, MICRO, say=said.append)
     assert set(results) == {"reconstruction", "generation", "understanding", "alignment"}
     assert {"overall", "single_object", "colors"} <= set(results["generation"])
@@ -33,9 +39,11 @@ def test_demo_runs_every_stage_and_reuses_them(tmp_path):
     assert not [line for line in said if line.startswith(("[1/4]", "[2/4]"))]  # only evaluation again
 
 
-def test_the_ablation_trains_each_task_alone_and_reports_it_beside_the_joint_run(tmp_path):
-    said = []
+def test_the_ablation_trains_each_task_alone_and_reports_it_beside_the_joint_run(demo_dir):
+    tmp_path, said = demo_dir, []  # the joint run of the test above is reused
     results = run_demo(tmp_path, MICRO, say=said.append, ablation=True)
+    trained = [line for line in said if line.startswith("[2/4]") and "ablation" in line]
+    assert len(trained) == 6  # HYDRA I-III for each variant
     table = results["ablation"]
     assert json.loads((tmp_path / "eval" / "ablation.json").read_text()) == table
     assert table["generation overall: joint"] == results["generation"]["overall"]

@@ -127,7 +127,9 @@ def test_shapes_vqa_asks_the_pipeline(shapes_like_images, make_fake_pipeline):
                        {"question": "How many shapes?", "answer": "1", "type": "count"}]},
                {"image": str(shapes_like_images[1]), "caption": "y",
                 "qa": [{"question": "Is there a square?", "answer": "no", "type": "existence"}]}]
-    pipeline = make_fake_pipeline(replies={"What colour is the circle?": "Green.", "How many shapes?": "2"})
+    # the model is asked the training prompt: a multiple-choice question lists its choices
+    pipeline = make_fake_pipeline(replies={"What colour is the circle?\nChoices: red, green": "Green.",
+                                           "How many shapes?": "2"})
     result = evaluate_shapes_vqa(pipeline, records, max_new_tokens=5, batch_size=2)
     assert [pipeline.calls[0][1][0], pipeline.calls[1][1][0]] == [2, 1]  # batches of 2, then 1
     assert pipeline.calls[0][2] == {"max_new_tokens": 5, "temperature": 0.0, "seed": 0}

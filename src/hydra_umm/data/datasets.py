@@ -86,6 +86,14 @@ def check_task(task: str, allowed: Sequence[str]) -> None:
         raise ValueError(f"unknown task {task!r}; this data set supports {tuple(allowed)}")
 
 
+def question_prompt(qa: dict) -> str:
+    """The prompt of a QA item, for training and evaluation alike: the question, and for multiple
+    choice (``choices``) a line listing them."""
+    if qa.get("choices"):
+        return f"{qa['question']}\nChoices: {', '.join(map(str, qa['choices']))}"
+    return qa["question"]
+
+
 def caption_item(image, caption: str, task: str) -> dict:
     """The item of an image-caption pair for the task "caption" or "t2i"."""
     if task == "caption":
@@ -173,10 +181,7 @@ class RecordDataset(ImageItemDataset):
         if self.task != "instruction":
             return caption_item(image, record["caption"], self.task)
         qa = record["qa"][j]
-        prompt = qa["question"]
-        if qa.get("choices"):
-            prompt += "\nChoices: " + ", ".join(map(str, qa["choices"]))
-        return {"kind": "und", "image": image, "prompt": prompt, "target": str(qa["answer"])}
+        return {"kind": "und", "image": image, "prompt": question_prompt(qa), "target": str(qa["answer"])}
 
 
 def shapes_records(image_size: int, n: int = 1000, seed: int = 0, split: str = "train") -> list[dict]:

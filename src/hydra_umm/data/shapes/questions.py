@@ -35,7 +35,7 @@ def multiple_choice(qa: dict, options: list[str], rng: np.random.Generator) -> d
     picked = [wrong[i] for i in rng.choice(len(wrong), size=min(N_CHOICES - 1, len(wrong)), replace=False)]
     choices = [qa["answer"], *picked]
     choices = [choices[i] for i in rng.permutation(len(choices))]
-    return {"question": f"{qa['question']} Choose from: {', '.join(choices)}.", "answer": qa["answer"],
+    return {"question": qa["question"], "answer": qa["answer"],
             "type": f"mc_{qa['type']}", "choices": choices}
 
 

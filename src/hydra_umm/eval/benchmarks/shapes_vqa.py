@@ -3,6 +3,7 @@
 Input: manifest records (``hydra_umm.data.manifest``) whose ``qa`` lists hold
 ``{"question", "answer", "type", "choices"?}``, and a pipeline with
 ``answer(images, questions, max_new_tokens=, temperature=, seed=) -> list[str]``.
+The model is asked :func:`~hydra_umm.data.datasets.question_prompt`, the prompt training uses.
 A question with ``choices`` is multiple choice: the reply counts when it names the right choice
 (equal after normalisation, or the only choice it contains); otherwise it is open-answer and the
 normalised reply must equal the normalised answer. Normalisation: lower case, no punctuation,
@@ -19,6 +20,8 @@ from collections import Counter, defaultdict
 from typing import Any, Iterable
 
 from PIL import Image
+
+from hydra_umm.data.datasets import question_prompt
 
 ARTICLES = {"a", "an", "the"}
 
@@ -87,7 +90,7 @@ def evaluate_shapes_vqa(
         chunk = items[start : start + batch_size]
         images = [Image.open(path).convert("RGB") for path, _ in chunk]
         replies = pipeline.answer(
-            images, [qa["question"] for _, qa in chunk], max_new_tokens=max_new_tokens, temperature=0.0, seed=seed
+            images, [question_prompt(qa) for _, qa in chunk], max_new_tokens=max_new_tokens, temperature=0.0, seed=seed
         )
         if len(replies) != len(chunk):
             raise ValueError(f"pipeline.answer returned {len(replies)} replies for {len(chunk)} questions")
