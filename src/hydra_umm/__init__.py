@@ -14,6 +14,8 @@ _EXPORTS = {
     "HydraXTok": "hydra_umm.models.hydra_xtok",
     "HydraModel": "hydra_umm.models.hydra",
     "HydraPipeline": "hydra_umm.inference",
+    "HarmonModel": "hydra_umm.models.harmon",
+    "HarmonPipeline": "hydra_umm.inference",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -60,9 +60,13 @@ def _ablate_xtok(args: argparse.Namespace) -> None:
 
 
 def _load_pipeline(args: argparse.Namespace):
-    from hydra_umm.inference import HydraPipeline
+    """A HydraModel or a HarmonModel directory (generate / answer / serve)."""
+    from hydra_umm.inference import HydraPipeline, load_pipeline
 
-    return HydraPipeline.from_pretrained(args.model, device=args.device)
+    pipe = load_pipeline(args.model, device=args.device)
+    if not isinstance(pipe, HydraPipeline):  # HarmonPipeline is one too
+        raise SystemExit(f"{args.model} holds a tokenizer only; generate/answer need a HydraModel or HarmonModel")
+    return pipe
 
 
 def _load_any_pipeline(args: argparse.Namespace):

@@ -252,9 +252,15 @@ class HydraPipeline(TokenizerPipeline):
 
 
 def load_pipeline(directory: str | Path, device: str | torch.device = "cpu") -> TokenizerPipeline:
-    """The pipeline a saved directory supports: a HydraModel (it has an ``llm/`` folder) or HYDRA-TOK alone."""
+    """The pipeline a saved directory supports: a HarmonModel (its model_type.json names harmon), a
+    HydraModel (it has an ``llm/`` folder) or HYDRA-TOK alone."""
+    from hydra_umm.inference.harmon_pipeline import HarmonPipeline  # it imports this module
+    from hydra_umm.models.harmon import HarmonModel
+
     directory = Path(directory)
     if not directory.is_dir():
         raise FileNotFoundError(f"model directory not found: {directory}")
+    if HarmonModel.is_pretrained(directory):
+        return HarmonPipeline.from_pretrained(directory, device)
     kind = HydraPipeline if (directory / "llm").is_dir() else TokenizerPipeline
     return kind.from_pretrained(directory, device)
