@@ -194,13 +194,11 @@ class HydraTok(nn.Module):
     def record_latent_stats(self, batches: Iterable[Tensor]) -> None:
         """Per-channel mean and std of the posterior mean z over every latent token of ``batches`` (of
         images, or of whatever else ``encode`` takes)."""
-        total = total_sq = None
-        count = 0
+        total = torch.zeros_like(self.latent_mean, dtype=torch.float64)
+        total_sq, count = torch.zeros_like(total), 0
         for images in batches:
             z = self.encode(images).reshape(-1, self.cfg.latent_dim).double()  # (tokens, c)
-            total = z.sum(0) if total is None else total + z.sum(0)
-            total_sq = z.pow(2).sum(0) if total_sq is None else total_sq + z.pow(2).sum(0)
-            count += z.shape[0]
+            total, total_sq, count = total + z.sum(0), total_sq + z.pow(2).sum(0), count + len(z)
         if not count:
             raise ValueError("record_latent_stats needs at least one batch of images")
         mean = total / count
@@ -297,8 +295,8 @@ class HydraTok(nn.Module):
         """Every loss term and ``loss``, their weighted total (weights from the config).
 
         Stage 1: loss_flow (loss_l1 with the ViT decoder), loss_lpips, loss_kl, loss_cons,
-        loss_distill. Stage 2: loss_flow (loss_l1), loss_lpips, loss_gan, and ``loss_disc`` (the discriminator's hinge loss on the detached
-        clean estimate; not part of ``loss``). ``loss`` never reaches the discriminator's weights
+        loss_distill. Stage 2: loss_flow (loss_l1), loss_lpips, loss_gan, and ``loss_disc`` (the
+        discriminator's hinge loss on the detached clean estimate; not part of ``loss``). ``loss`` never reaches the discriminator's weights
         and ``loss_disc`` reaches nothing else, so ``loss + loss_disc`` can drive one optimiser.
         loss_lpips is absent when lambda_lpips is 0 (the VGG is then never built).
         """
