@@ -130,7 +130,7 @@ class HydraTok(nn.Module):
         discriminator and teacher)."""
         directory = Path(directory)
         directory.mkdir(parents=True, exist_ok=True)
-        (directory / CONFIG_FILE).write_text(json.dumps(to_dict(self.cfg), indent=2))
+        (directory / CONFIG_FILE).write_text(json.dumps(self.config_dict(), indent=2))
         save_file({k: v.contiguous() for k, v in self.state_dict().items()}, str(directory / WEIGHTS_FILE))
 
     @classmethod
@@ -138,11 +138,19 @@ class HydraTok(nn.Module):
         directory = Path(directory)
         for name in (CONFIG_FILE, WEIGHTS_FILE):
             if not (directory / name).is_file():
-                raise FileNotFoundError(f"not a saved HydraTok: {directory / name} is missing")
-        cfg = from_dict(TokenizerConfig, json.loads((directory / CONFIG_FILE).read_text()))
-        model = cls(cfg, load_weights=False)
+                raise FileNotFoundError(f"not a saved {cls.__name__}: {directory / name} is missing")
+        model = cls.from_config_dict(json.loads((directory / CONFIG_FILE).read_text()), directory / CONFIG_FILE)
         model.load_state_dict(load_file(str(directory / WEIGHTS_FILE)))
         return model
+
+    def config_dict(self) -> dict:
+        """What ``config.json`` holds: the TokenizerConfig."""
+        return to_dict(self.cfg)
+
+    @classmethod
+    def from_config_dict(cls, config: dict, source: Path) -> "HydraTok":
+        """An untrained model of the configuration :meth:`config_dict` wrote (read from ``source``)."""
+        return cls(from_dict(TokenizerConfig, config), load_weights=False)
 
     # ------------------------------------------------------------------ encoder
 

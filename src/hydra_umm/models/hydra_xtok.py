@@ -35,12 +35,11 @@ Sem-ViT runs over [z_src; z_tgt] with the tubelet mask, so s_src sees z_src alon
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Optional
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from torch import Tensor, nn
 
 from hydra_umm.config import TokenizerConfig, XTokConfig, from_dict, to_dict
@@ -48,7 +47,7 @@ from hydra_umm.losses.adversarial import hinge_d_loss, hinge_g_loss
 from hydra_umm.losses.distillation import cosine_distance
 from hydra_umm.models.bottleneck import consistency_loss, kl_loss
 from hydra_umm.models.decompressor import Decompressor
-from hydra_umm.models.hydra_tok import CONFIG_FILE, WEIGHTS_FILE, HydraTok
+from hydra_umm.models.hydra_tok import HydraTok
 from hydra_umm.models.spacetime import check_attention, spacetime_block, strip_positions, temporal_groups
 from hydra_umm.models.vit import InputNormalization, build_vit, check_image_size
 
@@ -160,28 +159,17 @@ class HydraXTok(HydraTok):
         own = self.vit.state_dict()
         self.vit.load_state_dict({k: v for k, v in self.teacher.state_dict().items() if k in own})
 
-    def save_pretrained(self, directory: str | Path) -> None:
-        """``config.json`` ({"tokenizer": ..., "xtok": ...}) and ``model.safetensors`` (everything,
+    def config_dict(self) -> dict:
+        """What ``config.json`` holds: {"tokenizer": ..., "xtok": ...} (the weights keep everything,
         teachers included)."""
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        config = {"tokenizer": to_dict(self.cfg), "xtok": to_dict(self.xcfg)}
-        (directory / CONFIG_FILE).write_text(json.dumps(config, indent=2))
-        save_file({k: v.contiguous() for k, v in self.state_dict().items()}, str(directory / WEIGHTS_FILE))
+        return {"tokenizer": to_dict(self.cfg), "xtok": to_dict(self.xcfg)}
 
     @classmethod
-    def from_pretrained(cls, directory: str | Path) -> "HydraXTok":
-        directory = Path(directory)
-        for name in (CONFIG_FILE, WEIGHTS_FILE):
-            if not (directory / name).is_file():
-                raise FileNotFoundError(f"not a saved HydraXTok: {directory / name} is missing")
-        config = json.loads((directory / CONFIG_FILE).read_text())
+    def from_config_dict(cls, config: dict, source: Path) -> "HydraXTok":
         if "xtok" not in config:
-            raise ValueError(f"{directory / CONFIG_FILE} is not a HydraXTok config (no 'xtok' section)")
+            raise ValueError(f"{source} is not a HydraXTok config (no 'xtok' section)")
         cfg, xcfg = from_dict(TokenizerConfig, config["tokenizer"]), from_dict(XTokConfig, config["xtok"])
-        model = cls(cfg, xcfg, load_weights=False)
-        model.load_state_dict(load_file(str(directory / WEIGHTS_FILE)))
-        return model
+        return cls(cfg, xcfg, load_weights=False)
 
     # ------------------------------------------------------------------ encoder
 
