@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 FAST ?=
 
-.PHONY: demo test test-browser bench clean-venv
+.PHONY: demo compare test test-browser bench clean-venv
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -16,6 +16,10 @@ $(STAMP): pyproject.toml
 
 demo: $(STAMP)
 	$(BIN)/hydra-umm demo $(if $(FAST),--fast)
+
+# HYDRA against Harmon on the demo's budget (reuses the demo's HYDRA); report in runs/demo/compare/
+compare: $(STAMP)
+	$(BIN)/hydra-umm compare --models hydra,harmon $(if $(FAST),--fast)
 
 # the browser tests run in test-browser (which .ci/run calls after test), not here
 test: $(STAMP)

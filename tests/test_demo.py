@@ -3,26 +3,15 @@ report and the metric tables are written, and a second run reuses what the first
 
 import json
 
-import pytest
 import yaml
 
-from hydra_umm.demo import DemoPlan, run_demo
+from hydra_umm.demo import run_demo
 
-MICRO = DemoPlan(
-    scenes=80, teacher_steps=2, tokenizer_steps={"1": 2, "2": 1}, umm_steps={"I": 2, "II": 1, "III": 1},
-    batch_size=4, eval_images=12, eval_prompts=1, samples_per_prompt=1,
-    overrides=("tokenizer.lambda_lpips=0", "tokenizer.decode_steps=2", "umm.flow.steps=2"),
-)
+from micro_plan import MICRO
 
 
-@pytest.fixture(scope="module")
-def demo_dir(tmp_path_factory):
-    return tmp_path_factory.mktemp("demo")
-
-
-def test_demo_runs_every_stage_and_reuses_them(demo_dir):
-    tmp_path, said = demo_dir, []
-    results = run_demo(tmp_path, MICRO, say=said.append)
+def test_demo_runs_every_stage_and_reuses_them(micro_demo):
+    tmp_path, results, said = micro_demo
     assert set(results) == {"reconstruction", "generation", "understanding", "alignment"}
     assert {"overall", "single_object", "colors"} <= set(results["generation"])
     assert "majority baseline" in results["understanding"] and "generation vs understanding" in results["alignment"]
@@ -34,13 +23,13 @@ def test_demo_runs_every_stage_and_reuses_them(demo_dir):
     trained = [line for line in said if line.startswith("[2/4]")]
     assert len(trained) == 6  # teacher, tokenizer 1-2, HYDRA I-III
 
-    said.clear()
+    said = []
     run_demo(tmp_path, MICRO, say=said.append)
     assert not [line for line in said if line.startswith(("[1/4]", "[2/4]"))]  # only evaluation again
 
 
-def test_the_ablation_trains_each_task_alone_and_reports_it_beside_the_joint_run(demo_dir):
-    tmp_path, said = demo_dir, []  # the joint run of the test above is reused
+def test_the_ablation_trains_each_task_alone_and_reports_it_beside_the_joint_run(micro_demo):
+    tmp_path, said = micro_demo[0], []  # the joint run is reused
     results = run_demo(tmp_path, MICRO, say=said.append, ablation=True)
     trained = [line for line in said if line.startswith("[2/4]") and "ablation" in line]
     assert len(trained) == 6  # HYDRA I-III for each variant

@@ -128,7 +128,7 @@ def _eval_recon(args: argparse.Namespace) -> None:
 
     pipe = _load_any_pipeline(args)
     result = evaluate_reconstruction(pipe, args.images, inception_weights=args.inception_weights,
-                                     size=pipe.tokenizer.cfg.image_size, steps=args.steps, seed=args.seed,
+                                     size=pipe.image_size, steps=args.steps, seed=args.seed,
                                      limit=args.limit)
     if args.inception_weights is None:
         print(f"rFID skipped: pass --inception-weights <{INCEPTION_FILE}> (a local file; nothing is downloaded)")
@@ -154,7 +154,7 @@ def _eval_cknna(args: argparse.Namespace) -> None:
     from hydra_umm.eval.alignment import alignment_features
 
     pipe = _load_any_pipeline(args)
-    images = load_images(args.images, pipe.tokenizer.cfg.image_size, args.limit)
+    images = load_images(args.images, pipe.image_size, args.limit)
     if len(images) <= args.k:
         raise ValueError(f"CKNNA with --k {args.k} needs more than {args.k} images, got {len(images)}")
     features, pairs = alignment_features(pipe, images, t=args.t, seed=args.seed)
@@ -177,7 +177,7 @@ def _eval_report(args: argparse.Namespace) -> None:
     from hydra_umm.eval.benchmarks.shapes_geneval import score_shapes_image
 
     pipe = _load_pipeline(args) if args.model else None
-    size = pipe.tokenizer.cfg.image_size if pipe else None
+    size = pipe.image_size if pipe else None
     page = report_run(
         args.run,
         pipeline=pipe,
@@ -218,6 +218,12 @@ def _demo(args: argparse.Namespace) -> None:
     from hydra_umm.demo import run_demo
 
     run_demo(out=args.out, plan="fast" if args.fast else "full", ablation=args.ablation)
+
+
+def _compare(args: argparse.Namespace) -> None:
+    from hydra_umm.compare import run_compare
+
+    run_compare(args.models, out=args.out, plan="fast" if args.fast else "full")
 
 
 def _serve(args: argparse.Namespace) -> None:
@@ -361,6 +367,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ablation", action="store_true",
                    help="also train HYDRA on generation only and on understanding only with the same budget")
     p.set_defaults(func=_demo)
+
+    p = sub.add_parser("compare", help="train HYDRA and Harmon on one budget and report them side by side")
+    p.add_argument("--models", default="hydra,harmon", help="comma-separated, of: hydra, harmon")
+    p.add_argument("--out", default="runs/demo", help="the demo's folder (its HYDRA runs are reused)")
+    p.add_argument("--fast", action="store_true", help="the demo's smaller, quicker plan")
+    p.set_defaults(func=_compare)
     return parser
 
 

@@ -64,12 +64,15 @@ PLANS = {
 }
 
 
-def _done(model_dir: Path) -> bool:
+def is_done(model_dir: Path) -> bool:
+    """Whether a run saved its model (a finished stage, reused)."""
     return (model_dir / MODEL_WEIGHTS).is_file()
 
 
-def _stage_config(plan: DemoPlan, data: str, out_dir: Path, stage: str, steps: int, *extra: str) -> Config:
-    return load_config("tiny", [
+def stage_config(plan: DemoPlan, data: str, out_dir: Path, stage: str, steps: int, *extra: str,
+                  preset: str = "tiny") -> Config:
+    """The config of one stage's run: ``preset`` with the plan's overrides, sizes and run folder."""
+    return load_config(preset, [
         *plan.overrides, f"data={data}", f"stage={stage}", f"train.steps={steps}", f"train.out_dir={out_dir}",
         f"train.batch_size={plan.batch_size}", f"train.warmup={max(1, steps // 20)}", "train.num_workers=0",
         f"train.val_every={max(1, steps // 4)}", f"train.ckpt_every={max(1, steps // 4)}", "train.keep_last=1",
@@ -81,18 +84,24 @@ def _training_data(out: Path) -> str:
     return f"{out / 'data' / 'train.jsonl'},{out / 'data' / 'val.jsonl'}"
 
 
-def train_all(out: Path, plan: DemoPlan, say=print) -> Path:
-    """Steps 1 and 2; returns the final HYDRA model directory (``<out>/model``)."""
+def make_data(out: Path, plan: DemoPlan, say=print) -> str:
+    """Step 1 (once): the shapes-world data set under ``<out>/data``; returns the training data spec."""
     from hydra_umm.data.shapes import make_dataset
-    from hydra_umm.train.recipes import train_tokenizer
-    from hydra_umm.train.teacher import WEIGHTS_FILE, train_teacher
 
     data_dir = out / "data"
     if not (data_dir / "summary.json").is_file():
         say(f"[1/4] rendering {plan.scenes} shapes-world scenes into {data_dir}")
         size = load_config("tiny", list(plan.overrides)).tokenizer.image_size
         make_dataset(data_dir, n=plan.scenes, size=size, seed=0, prompts_per_tag=plan.eval_prompts)
-    data = _training_data(out)
+    return _training_data(out)
+
+
+def train_all(out: Path, plan: DemoPlan, say=print) -> Path:
+    """Steps 1 and 2; returns the final HYDRA model directory (``<out>/model``)."""
+    from hydra_umm.train.recipes import train_tokenizer
+    from hydra_umm.train.teacher import WEIGHTS_FILE, train_teacher
+
+    data = make_data(out, plan, say)
 
     teacher = out / "teacher" / WEIGHTS_FILE
     if not teacher.is_file():
@@ -103,11 +112,11 @@ def train_all(out: Path, plan: DemoPlan, say=print) -> Path:
     previous = ""
     for stage, steps in plan.tokenizer_steps.items():
         run = out / f"tokenizer-{stage}"
-        if not _done(run / "model"):
+        if not is_done(run / "model"):
             say(f"[2/4] HYDRA-TOK stage {stage} ({steps} steps)")
             extra = [f"tokenizer.teacher_weights={teacher}", *plan.tokenizer_overrides.get(stage, ())]
             extra += [f"init={previous}"] if previous else []
-            train_tokenizer(_stage_config(plan, data, run, stage, steps, *extra))
+            train_tokenizer(stage_config(plan, data, run, stage, steps, *extra))
         previous = str(run / "model")
 
     final = _train_hydra(out, plan, plan.umm_ratios, say)
@@ -128,11 +137,11 @@ def _train_hydra(out: Path, plan: DemoPlan, ratios: dict[str, tuple[float, ...]]
     root, previous = root or out, ""
     for stage, steps in plan.umm_steps.items():
         run = root / f"hydra-{stage}"
-        if not _done(run / "model"):
+        if not is_done(run / "model"):
             say(f"[2/4] HYDRA stage {stage} ({steps} steps) in {run}")
             extra = [f"init={previous}"] if previous else [f"umm.tokenizer_path={out / _tokenizer_run(plan)}"]
             extra.append(f"train.ratios=[{','.join(map(str, ratios[stage]))}]")
-            train_umm(_stage_config(plan, data, run, stage, steps, *extra))
+            train_umm(stage_config(plan, data, run, stage, steps, *extra))
         previous = run / "model"
     return previous
 
@@ -170,21 +179,22 @@ def _write_tables(out: Path, tables: dict[str, dict]) -> None:
         path.write_text(json.dumps(table, indent=2) + "\n")
 
 
-def evaluate_all(out: Path, plan: DemoPlan, pipe, say=print) -> dict:
-    """Step 3: metrics of the HydraPipeline ``pipe`` on the test split, each written to
-    ``<out>/eval/<name>.json``."""
+def evaluate_all(out: Path, plan: DemoPlan, pipe, say=print, into: Path | None = None) -> dict:
+    """Step 3: metrics of the pipeline ``pipe`` (HYDRA or Harmon) on the test split of ``<out>/data``,
+    each written to ``<into>/eval/<name>.json`` (``into`` defaults to ``out``)."""
     from hydra_umm.eval import evaluate_reconstruction, load_images
     from hydra_umm.eval.alignment import evaluate_cknna
 
-    say("[3/4] evaluating on the held-out test split")
-    images = load_images(out / "data" / "test.jsonl", pipe.tokenizer.cfg.image_size, plan.eval_images)
+    into = into or out
+    say(f"[3/4] evaluating {type(pipe.model).__name__} on the held-out test split")
+    images = load_images(out / "data" / "test.jsonl", pipe.image_size, plan.eval_images)
     results = {
         "reconstruction": evaluate_reconstruction(pipe, images),
-        "generation": _generation(pipe, out, plan, out / "eval" / "geneval"),
+        "generation": _generation(pipe, out, plan, into / "eval" / "geneval"),
         "understanding": _understanding(pipe, out, plan),
         "alignment": evaluate_cknna(pipe, images, k=min(10, len(images) - 1)),
     }
-    _write_tables(out, results)
+    _write_tables(into, results)
     return results
 
 
@@ -216,21 +226,32 @@ def run_ablation(out: Path, plan: DemoPlan, joint: dict, say=print) -> dict[str,
     return table
 
 
+def resolve_plan(out: str | Path, plan: str | DemoPlan) -> tuple[Path, DemoPlan]:
+    """A plan of :data:`PLANS` by name (any but "full" runs in ``<out>/<plan>``) or one's own."""
+    if isinstance(plan, DemoPlan):
+        return Path(out), plan
+    if plan not in PLANS:
+        raise ValueError(f"unknown demo plan {plan!r}; plans: {', '.join(PLANS)}")
+    return Path(out) / ("" if plan == "full" else plan), PLANS[plan]
+
+
+def report_prompts(out: Path, plan: DemoPlan) -> list[dict]:
+    """The GenEval-style prompts a report shows samples of: about two per category."""
+    from hydra_umm.eval.benchmarks.geneval import read_geneval_metadata
+
+    return read_geneval_metadata(out / "data" / "evaluation_metadata.jsonl")[:: max(1, plan.eval_prompts // 2)]
+
+
 def run_demo(out: str | Path = "runs/demo", plan: str | DemoPlan = "full", say=print, ablation: bool = False) -> dict:
     """The whole job with a plan of :data:`PLANS` (any but "full" runs in ``<out>/<plan>``) or a
     :class:`DemoPlan` of your own; returns the evaluation tables. ``ablation`` adds the joint-vs-
     separate ablation (:func:`run_ablation`) to the tables and the report."""
     from hydra_umm.data.manifest import read_manifest
     from hydra_umm.eval import load_images, report_run
-    from hydra_umm.eval.benchmarks.geneval import read_geneval_metadata
     from hydra_umm.eval.benchmarks.shapes_geneval import score_shapes_image
     from hydra_umm.inference import HydraPipeline
 
-    out = Path(out)
-    if isinstance(plan, str):
-        if plan not in PLANS:
-            raise ValueError(f"unknown demo plan {plan!r}; plans: {', '.join(PLANS)}")
-        out, plan = out / ("" if plan == "full" else plan), PLANS[plan]
+    out, plan = resolve_plan(out, plan)
     start = time.perf_counter()
     model_dir = train_all(out, plan, say)
     pipe = HydraPipeline.from_pretrained(model_dir)
@@ -241,8 +262,8 @@ def run_demo(out: str | Path = "runs/demo", plan: str | DemoPlan = "full", say=p
     data_dir = out / "data"
     page = report_run(
         out, pipeline=pipe,
-        images=load_images(data_dir / "test.jsonl", pipe.tokenizer.cfg.image_size, 8),
-        prompts=read_geneval_metadata(data_dir / "evaluation_metadata.jsonl")[:: max(1, plan.eval_prompts // 2)],
+        images=load_images(data_dir / "test.jsonl", pipe.image_size, 8),
+        prompts=report_prompts(out, plan),
         qa_records=read_manifest(data_dir / "test.jsonl")[:4],
         scorer=score_shapes_image,
     )

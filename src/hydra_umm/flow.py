@@ -75,6 +75,9 @@ def cfg_combine(v_cond: Tensor, v_uncond: Tensor, scale: float) -> Tensor:
     return v_uncond + scale * (v_cond - v_uncond)
 
 
+SAMPLERS = ("euler", "heun")
+
+
 def sample(
     velocity: VelocityFn,
     x0: Tensor,
@@ -89,8 +92,8 @@ def sample(
     (explicit trapezoid rule, two velocity calls per step). ``progress(i, steps)`` is called
     after every step.
     """
-    if method not in ("euler", "heun"):
-        raise ValueError(f"unknown sampler {method!r}; use 'euler' or 'heun'")
+    if method not in SAMPLERS:
+        raise ValueError(f"unknown sampler {method!r}; use one of {', '.join(SAMPLERS)}")
     ts = time_grid(steps, shift, device=x0.device)
     x = x0
     batch = x0.shape[0]

@@ -52,6 +52,21 @@ def test_ordinal_counts_earlier_samples_of_the_same_task():
         seen[task] += 1
 
 
+def test_one_task_per_group_keeps_the_ratio_and_the_ordinals():
+    mix, per_sample = TaskMixture([0, 1, 4], seed=2, block=10, group=4), TaskMixture([0, 1, 4], seed=2, block=10)
+    seen = Counter()
+    for batch in range(40):  # 4 blocks of 10 batches of 4
+        located = [mix.locate(i) for i in range(4 * batch, 4 * batch + 4)]
+        assert len({task for task, _ in located}) == 1  # the whole batch is one task
+        for task, k in located:
+            assert k == seen[task]  # each task's stream is still read in order, without gaps
+            seen[task] += 1
+        assert located[0][0] == per_sample.task(batch)  # batch b draws what sample b would
+    assert seen == {"caption": 32, "t2i": 128}  # 1 : 4 exactly, in batches
+    with pytest.raises(ValueError, match="group=0"):
+        TaskMixture([1, 1, 1], seed=0, group=0)
+
+
 @pytest.mark.parametrize("ratios, message", [([1, 2], "3 numbers"), ({"vqa": 1}, "unknown task"),
                                              ([0, 0, 0], "not all 0"), ([1, -1, 1], ">= 0")])
 def test_bad_ratios_are_refused(ratios, message):

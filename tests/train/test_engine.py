@@ -81,6 +81,22 @@ def test_a_resumed_run_matches_an_uninterrupted_one(uninterrupted, tmp_path):
     assert [p.name for p in checkpoints(tmp_path)] == ["step_00000016.pt", "step_00000020.pt"]  # keep_last=2
 
 
+def test_train_seconds_count_steps_and_carry_over_a_resume(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    from hydra_umm.train import engine
+
+    clock = itertools.count()  # every perf_counter call one second later: a step takes exactly 1 s
+    monkeypatch.setattr(engine, "time", SimpleNamespace(perf_counter=lambda: float(next(clock))))
+    make_trainer(tmp_path).fit(until=10)
+    resumed = make_trainer(tmp_path)
+    resumed.fit()
+    assert resumed.train_seconds == 20.0  # 10 s restored from the step-10 checkpoint, 10 s more
+    events = EventAccumulator(str(tmp_path / "tensorboard"))
+    events.Reload()
+    assert [(e.step, e.value) for e in events.Scalars("time/train_seconds")][-2:] == [(15, 15.0), (20, 20.0)]
+
+
 def test_resume_from_a_named_checkpoint(uninterrupted, tmp_path):
     out, full, _, _ = uninterrupted
     named = make_trainer(tmp_path, seed=2, resume=str(out / "checkpoints" / "step_00000016.pt"))

@@ -4,9 +4,10 @@ text-to-image), deterministic under a seed, across DataLoader workers and across
 The training stream is indexed by a global sample index i = 0, 1, 2, ... Everything about sample i
 is a pure function of (seed, i), so any worker on any rank computes the same thing:
 
-- its task: the stream is cut into blocks of ``block`` samples; each block holds exactly
-  round(block * ratio) samples of each task (largest-remainder rounding) in an order drawn from
-  ``default_rng([seed, block index])``;
+- its task: the stream is cut into units of ``group`` consecutive samples (1: every sample draws
+  its own task; a rank's batch size: one task per batch, as Harmon's code draws them) and the
+  units into blocks of ``block``; each block holds exactly round(block * ratio) units of each task
+  (largest-remainder rounding) in an order drawn from ``default_rng([seed, block index])``;
 - which record of that task's source: the k-th sample of task t (k counted over the whole stream,
   known in closed form from the block counts) reads position k mod n of a permutation of the n
   records drawn from ``default_rng([seed, t, k // n])``, so every source is reshuffled at each of
@@ -33,7 +34,7 @@ from hydra_umm.data.datasets import TASKS, collate_items
 class TaskMixture:
     """Which task global sample index ``i`` belongs to, and its ordinal within that task."""
 
-    def __init__(self, ratios: Mapping[str, float] | Sequence[float], seed: int, block: int = 1000):
+    def __init__(self, ratios: Mapping[str, float] | Sequence[float], seed: int, block: int = 1000, group: int = 1):
         if not isinstance(ratios, Mapping):
             if len(ratios) != len(TASKS):
                 raise ValueError(f"ratios must give {len(TASKS)} numbers for {TASKS}, got {list(ratios)}")
@@ -44,19 +45,19 @@ class TaskMixture:
         weights = np.array([float(ratios.get(t, 0.0)) for t in TASKS])
         if (weights < 0).any() or not np.isfinite(weights).all() or weights.sum() <= 0:
             raise ValueError(f"mixture ratios must be finite, >= 0 and not all 0, got {dict(ratios)}")
-        if block < 1:
-            raise ValueError(f"block must be >= 1, got {block}")
-        self.seed, self.block = seed, block
+        if block < 1 or group < 1:
+            raise ValueError(f"block and group must be >= 1, got block={block}, group={group}")
+        self.seed, self.block, self.group = seed, block, group
         self.probs = weights / weights.sum()
         exact = self.probs * block
         counts = np.floor(exact).astype(int)
         counts[np.argsort(-(exact - counts), kind="stable")[: block - counts.sum()]] += 1
-        self.counts = counts  # samples of each task per block; sums to `block`
+        self.counts = counts  # units of each task per block; sums to `block`
         self.tasks = tuple(t for t, c in zip(TASKS, counts) if c > 0)
 
     @lru_cache(maxsize=8)
     def _layout(self, b: int) -> tuple[np.ndarray, np.ndarray]:
-        """Block b: the task id of each position and its rank among the block's samples of that task."""
+        """Block b: the task id of each unit and its rank among the block's units of that task."""
         ids = np.random.default_rng([self.seed, b]).permutation(np.repeat(np.arange(len(TASKS)), self.counts))
         ranks = np.empty(self.block, dtype=np.int64)
         for t in range(len(TASKS)):
@@ -68,10 +69,11 @@ class TaskMixture:
         """(task of sample i, how many samples of that task come before it in the stream)."""
         if i < 0:
             raise IndexError(f"sample index must be >= 0, got {i}")
-        b, p = divmod(i, self.block)
+        unit, offset = divmod(i, self.group)
+        b, p = divmod(unit, self.block)
         ids, ranks = self._layout(b)
         t = int(ids[p])
-        return TASKS[t], b * int(self.counts[t]) + int(ranks[p])
+        return TASKS[t], (b * int(self.counts[t]) + int(ranks[p])) * self.group + offset
 
     def task(self, i: int) -> str:
         return self.locate(i)[0]

@@ -4,6 +4,9 @@
   ``tokenizer.distill_layers`` against the teacher's at the same block.
 - HYDRA's two branches: the visual tokens the LLM reads for understanding (the clean GSB mean,
   t = 1) against those it reads for generation (the same image's latent noised to flow time t).
+- Harmon's two branches (its shared MAR encoder): the visual tokens of the image with every latent
+  token visible (understanding) against those with a random fraction 1 - t of them masked, as the
+  encoder sees an image part-way through masked-autoregressive generation.
 
 Features are averaged over tokens (one vector per image) before CKNNA.
 """
@@ -17,6 +20,8 @@ from PIL import Image
 
 from hydra_umm import flow
 from hydra_umm.eval.cknna import cknna_pairs
+from hydra_umm.models.harmon import HarmonModel
+from hydra_umm.models.harmon.mar import mask_by_order, random_orders
 
 
 @torch.no_grad()
@@ -28,10 +33,14 @@ def tokenizer_layer_features(tokenizer, images: torch.Tensor) -> dict[str, torch
 
 @torch.no_grad()
 def branch_features(model, images: torch.Tensor, t: float = 0.5, seed: int = 0) -> dict[str, torch.Tensor]:
-    """HYDRA's ``understanding`` (clean, t = 1) and ``generation`` (noised to time ``t``) visual
-    tokens (B, N, width) of the same images."""
+    """The ``understanding`` and ``generation`` visual tokens (B, tokens, width) of the same images:
+    for HYDRA clean (t = 1) and noised to time ``t``; for Harmon all visible and a fraction 1 - t masked."""
     z = model.latents(images)
     g = torch.Generator(device=z.device).manual_seed(seed)
+    if isinstance(model, HarmonModel):
+        masked = round((1 - t) * model.num_tokens)
+        mask = mask_by_order(masked, random_orders(len(z), model.num_tokens, g, z.device))
+        return {"understanding": model.visual_tokens(z), "generation": model.encode(z, mask)[1]}
     noise = torch.randn(z.shape, generator=g, device=z.device, dtype=z.dtype)
     ones, times = torch.ones(len(z), device=z.device), torch.full((len(z),), t, device=z.device)
     return {"understanding": model.visual_tokens(z, ones),
@@ -42,10 +51,13 @@ def alignment_features(
     pipeline, images: Sequence[Image.Image], t: float = 0.5, seed: int = 0
 ) -> tuple[dict[str, torch.Tensor], list[tuple[str, str]]]:
     """The features to compare and the pairs to compare: every tokenizer layer against the teacher
-    and, for a HydraModel pipeline, the generation branch against the understanding branch."""
+    (HYDRA-TOK) and, for a HydraModel or HarmonModel pipeline, the generation branch against the
+    understanding branch."""
     x = pipeline.pixels(images)
-    features = tokenizer_layer_features(pipeline.tokenizer, x)
-    pairs = [(f"student/{l}", f"teacher/{l}") for l in pipeline.tokenizer.cfg.distill_layers]
+    features, pairs = {}, []
+    if hasattr(pipeline, "tokenizer"):
+        features = tokenizer_layer_features(pipeline.tokenizer, x)
+        pairs = [(f"student/{l}", f"teacher/{l}") for l in pipeline.tokenizer.cfg.distill_layers]
     if hasattr(pipeline, "model"):
         features.update(branch_features(pipeline.model, x, t, seed))
         pairs.append(("generation", "understanding"))

@@ -15,7 +15,7 @@ import html
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import matplotlib
 
@@ -27,7 +27,8 @@ from hydra_umm.eval.benchmarks.generation import GenerationSettings, generate_im
 from hydra_umm.eval.benchmarks.shapes_vqa import evaluate_shapes_vqa  # noqa: E402
 from hydra_umm.eval.reconstruction import reconstruct  # noqa: E402
 
-Curves = dict[str, list[tuple[int, float]]]
+Curve = list[tuple[int, float]]  # (step, value)
+Curves = dict[str, Curve]
 ASSETS = "assets"
 
 
@@ -83,8 +84,9 @@ def read_metric_tables(run_dir: str | Path) -> dict[str, dict[str, float]]:
     return tables
 
 
-def plot_curves(curves: Curves, path: Path) -> Path:
-    """One small panel per scalar tag, value against step."""
+def plot_curves(curves: Mapping[str, Curve | Mapping[str, Curve]], path: Path) -> Path:
+    """One small panel per tag, value against step; a tag maps to one curve, or to named curves drawn
+    as labelled lines in the same panel (e.g. one per model)."""
     tags = sorted(curves)
     cols = min(3, len(tags))
     rows = (len(tags) + cols - 1) // cols
@@ -92,8 +94,12 @@ def plot_curves(curves: Curves, path: Path) -> Path:
     for ax in axes.flat[len(tags):]:
         ax.axis("off")
     for ax, tag in zip(axes.flat, tags):
-        steps, values = zip(*sorted(curves[tag]))
-        ax.plot(steps, values, lw=1.2)
+        lines = curves[tag] if isinstance(curves[tag], Mapping) else {"": curves[tag]}
+        for name, points in lines.items():
+            steps, values = zip(*sorted(points))
+            ax.plot(steps, values, lw=1.2, label=name or None)
+        if any(lines):
+            ax.legend(fontsize=7)
         ax.set_title(tag, fontsize=9)
         ax.set_xlabel("step", fontsize=8)
         ax.tick_params(labelsize=7)
@@ -103,14 +109,15 @@ def plot_curves(curves: Curves, path: Path) -> Path:
     return path
 
 
-def reconstruction_grid(pairs: Sequence[tuple[Image.Image, Image.Image]], path: Path) -> Path:
-    """Rows of (input | reconstruction), each tile at the input's size, 4 px gutters."""
-    w, h = pairs[0][0].size
-    gap = 4
-    grid = Image.new("RGB", (2 * w + gap, len(pairs) * (h + gap) - gap), "white")
-    for row, (original, recon) in enumerate(pairs):
-        grid.paste(original.convert("RGB").resize((w, h)), (0, row * (h + gap)))
-        grid.paste(recon.convert("RGB").resize((w, h)), (w + gap, row * (h + gap)))
+def reconstruction_grid(rows: Sequence[Sequence[Image.Image]], path: Path) -> Path:
+    """Rows of images side by side (input | reconstruction [| another model's ...]), each tile at the
+    first input's size, 4 px gutters."""
+    w, h = rows[0][0].size
+    gap, cols = 4, max(len(row) for row in rows)
+    grid = Image.new("RGB", (cols * (w + gap) - gap, len(rows) * (h + gap) - gap), "white")
+    for r, row in enumerate(rows):
+        for c, image in enumerate(row):
+            grid.paste(image.convert("RGB").resize((w, h)), (c * (w + gap), r * (h + gap)))
     grid.save(path)
     return path
 
@@ -128,6 +135,14 @@ def _table(rows: list[list[str]], header: list[str]) -> str:
 
 def _fmt(value: Any) -> str:
     return "&mdash;" if value is None else html.escape(f"{value:.4g}" if isinstance(value, float) else str(value))
+
+
+def page_html(title: str, parts: Sequence[str]) -> str:
+    """A whole HTML page: the title, the report style, and the body ``parts`` in order."""
+    style = ("body{font-family:sans-serif;margin:2em;max-width:1100px}table{border-collapse:collapse;margin:.5em 0}"
+             "td,th{border:1px solid #ccc;padding:4px 8px;vertical-align:middle}img{image-rendering:pixelated}")
+    return (f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n<title>{html.escape(title)}'
+            f"</title>\n<style>{style}</style>\n</head>\n<body>\n" + "\n".join(parts) + "\n</body>\n</html>\n")
 
 
 def write_report(content: ReportContent, out_dir: str | Path) -> Path:
@@ -178,12 +193,8 @@ def write_report(content: ReportContent, out_dir: str | Path) -> Path:
         plot_curves(content.curves, out / ASSETS / "curves.png")
         parts.append("<h2>Training curves</h2>" + _img(f"{ASSETS}/curves.png", "training curves", None))
 
-    style = ("body{font-family:sans-serif;margin:2em;max-width:1100px}table{border-collapse:collapse;margin:.5em 0}"
-             "td,th{border:1px solid #ccc;padding:4px 8px;vertical-align:middle}img{image-rendering:pixelated}")
-    page = (f'<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n<title>{html.escape(content.title)}'
-            f"</title>\n<style>{style}</style>\n</head>\n<body>\n" + "\n".join(parts) + "\n</body>\n</html>\n")
     index = out / "index.html"
-    index.write_text(page, encoding="utf-8")
+    index.write_text(page_html(content.title, parts), encoding="utf-8")
     return index
 
 

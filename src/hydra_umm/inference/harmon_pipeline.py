@@ -22,9 +22,9 @@ import torch
 from PIL import Image as PILImage
 from torch import Tensor
 
-from hydra_umm.data.transforms import ImageTransform, to_pil
+from hydra_umm.data.transforms import to_pil
 from hydra_umm.inference.kv_cache import CachedSequence
-from hydra_umm.inference.pipeline import HydraPipeline, ImageInput
+from hydra_umm.inference.pipeline import GenerationOptions, HydraPipeline, ImageInput
 from hydra_umm.models.harmon.harmon import HarmonModel
 from hydra_umm.models.harmon.mar import mask_by_order, mask_schedule, random_orders
 from hydra_umm.models.llm import Image
@@ -44,9 +44,14 @@ class HarmonPipeline(HydraPipeline):
     def device(self) -> torch.device:
         return self.model.device
 
-    def pixels(self, images: Sequence[ImageInput]) -> Tensor:
-        transform = ImageTransform(self.model.cfg.harmon.image_size)
-        return torch.stack([transform(im) if isinstance(im, PILImage.Image) else im for im in images]).to(self.device)
+    @property
+    def image_size(self) -> int:
+        return self.model.cfg.harmon.image_size
+
+    @property
+    def generation_options(self) -> GenerationOptions:
+        h = self.model.cfg.harmon
+        return GenerationOptions(h.mar_steps, h.cfg_scale)
 
     @torch.no_grad()
     def reconstruct(self, images: Sequence[ImageInput], steps: Optional[int] = None,

@@ -14,6 +14,7 @@ PIL conversion happens here and nowhere in the models.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional, Sequence, Union
 
@@ -45,12 +46,17 @@ class TokenizerPipeline:
     def device(self) -> torch.device:
         return self.tokenizer.normalise.mean.device
 
+    @property
+    def image_size(self) -> int:
+        """The side of the square images the model reads and writes."""
+        return self.tokenizer.cfg.image_size
+
     def _generator(self, seed: int) -> torch.Generator:
         return torch.Generator(device=self.device).manual_seed(seed)
 
     def pixels(self, images: Sequence[ImageInput]) -> Tensor:
         """PIL images (resized to the model's size) or (3, H, W) tensors -> (B, 3, H, W) in [-1, 1] on the device."""
-        transform = ImageTransform(self.tokenizer.cfg.image_size)
+        transform = ImageTransform(self.image_size)
         x = [transform(im) if isinstance(im, PILImage.Image) else im for im in images]
         return torch.stack(x).to(self.device)
 
@@ -61,6 +67,17 @@ class TokenizerPipeline:
         """Encode (GSB mean) and decode through HYDRA-TOK; ``steps`` of the pixel decoder's ODE."""
         z = self.tokenizer.encode(self.pixels(images))
         return to_pil(self.tokenizer.decode(z, steps=steps, generator=self._generator(seed)))
+
+
+@dataclass(frozen=True)
+class GenerationOptions:
+    """What ``generate`` takes by default, and the ODE samplers it can choose from (none: the
+    pipeline samples another way and ``sampler`` must be None)."""
+
+    steps: int
+    cfg_scale: float
+    samplers: tuple[str, ...] = ()
+    sampler: Optional[str] = None
 
 
 class HydraPipeline(TokenizerPipeline):
@@ -100,6 +117,11 @@ class HydraPipeline(TokenizerPipeline):
             return flow.cfg_combine(v[:B], v[B:], cfg_scale) if guided else v
 
         return velocity
+
+    @property
+    def generation_options(self) -> GenerationOptions:
+        umm = self.model.cfg.umm
+        return GenerationOptions(umm.flow.steps, umm.cfg_scale, flow.SAMPLERS, umm.flow.sampler)
 
     @torch.no_grad()
     def generate_latents(

@@ -247,7 +247,7 @@ def add_api(app: FastAPI, pipe: TokenizerPipeline, queue: ModelQueue, model_name
             }
 
     if "generate" in tasks:
-        image_size = pipe.tokenizer.cfg.image_size
+        image_size = pipe.image_size
 
         @router.post("/images/generations")
         async def images_generations(body: ImageRequest) -> dict:

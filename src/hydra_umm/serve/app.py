@@ -22,7 +22,7 @@ from PIL import Image
 
 from hydra_umm.data.shapes import generate_prompts
 from hydra_umm.eval.metrics import psnr
-from hydra_umm.inference import HydraPipeline, TokenizerPipeline, load_pipeline
+from hydra_umm.inference import HarmonPipeline, HydraPipeline, TokenizerPipeline, load_pipeline
 from hydra_umm.data.transforms import to_pil, to_tensor
 from hydra_umm.serve.api import MAX_IMAGES, MAX_NEW_TOKENS, add_api
 from hydra_umm.serve.capabilities import capabilities
@@ -46,10 +46,10 @@ class Tasks:
             raise gr.Error(str(e)) from None
 
     def generate(
-        self, prompt: str, steps: int, cfg_scale: float, sampler: str, seed: int, n: int,
+        self, prompt: str, steps: int, cfg_scale: float, sampler: str | None, seed: int, n: int,
         progress: Progress = gr.Progress(),
     ) -> list[Image.Image]:
-        """Text-to-image, reporting progress after every ODE step."""
+        """Text-to-image, reporting progress after every sampling step (``sampler`` None for Harmon)."""
         if not prompt.strip():
             raise gr.Error("enter a prompt")
         context = contextvars.copy_context()  # gr.Progress finds its page event in the context
@@ -98,20 +98,30 @@ class Tasks:
 def model_card(pipe: TokenizerPipeline, model_name: str) -> str:
     """Markdown: the config summary, parameters per component, device and dtype."""
     network = pipe.model if isinstance(pipe, HydraPipeline) else pipe.tokenizer
-    tok = pipe.tokenizer
-    rows = [
-        ("tasks", ", ".join(capabilities(pipe))),
-        ("image", f"{tok.cfg.image_size} px, patch {tok.cfg.patch_size}, {tok.grid[0] * tok.grid[1]} latent tokens "
-                  f"of {tok.cfg.latent_dim} channels"),
-        ("HYDRA-TOK", f"width {tok.cfg.width}, depth {tok.cfg.depth} (Gen-ViT {tok.cfg.gen_depth}), "
-                      f"decoder {tok.cfg.decode_steps} steps"),
-    ]
+    rows = [("tasks", ", ".join(capabilities(pipe)))]
+    if isinstance(pipe, HarmonPipeline):
+        h = pipe.model.cfg.harmon
+        rows += [
+            ("image", f"{h.image_size} px, KL autoencoder, {pipe.model.num_tokens} latent tokens of {h.latent_dim} "
+                      "channels"),
+            ("MAR", f"encoder width {h.encoder_width}, depth {h.encoder_depth}; decoder width {h.decoder_width}, "
+                    f"depth {h.decoder_depth}; {h.buffer_size} buffer tokens"),
+        ]
+    else:
+        tok = pipe.tokenizer
+        rows += [
+            ("image", f"{tok.cfg.image_size} px, patch {tok.cfg.patch_size}, {tok.grid[0] * tok.grid[1]} latent "
+                      f"tokens of {tok.cfg.latent_dim} channels"),
+            ("HYDRA-TOK", f"width {tok.cfg.width}, depth {tok.cfg.depth} (Gen-ViT {tok.cfg.gen_depth}), "
+                          f"{tok.cfg.decoder} decoder"),
+        ]
     if isinstance(pipe, HydraPipeline):
-        llm, umm = pipe.model.llm.config, pipe.model.cfg.umm
+        llm, options = pipe.model.llm.config, pipe.generation_options
+        sampler = f"{options.sampler} " if options.sampler else "masked-autoregressive "
         rows += [
             ("LLM", f"hidden {llm.hidden_size}, {llm.num_hidden_layers} layers, "
                     f"vocabulary {len(pipe.model.text_tokenizer)}"),
-            ("generation", f"{umm.flow.steps} {umm.flow.sampler} steps, shift {umm.flow.shift}, CFG {umm.cfg_scale}"),
+            ("generation", f"{options.steps} {sampler}steps, CFG {options.cfg_scale}"),
         ]
     rows.append(("device, dtype", f"{pipe.device}, {next(network.parameters()).dtype}"))
     counts = {name: sum(p.numel() for p in child.parameters()) for name, child in network.named_children()}
@@ -134,14 +144,15 @@ def model_card(pipe: TokenizerPipeline, model_name: str) -> str:
 
 
 def _generate_tab(tasks: Tasks) -> None:
-    cfg = tasks.pipe.model.cfg.umm
+    options = tasks.pipe.generation_options
     examples = [p["prompt"] for p in generate_prompts(np.random.default_rng(0), per_tag=1)]
     with gr.Row():
         with gr.Column():
             prompt = gr.Textbox(label="Prompt", placeholder="a photo of a red circle", elem_id="prompt")
-            steps = gr.Slider(1, 100, value=cfg.flow.steps, step=1, label="Steps")
-            cfg_scale = gr.Slider(1.0, 10.0, value=cfg.cfg_scale, step=0.5, label="CFG scale")
-            sampler = gr.Radio(["euler", "heun"], value=cfg.flow.sampler, label="Sampler")
+            steps = gr.Slider(1, 100, value=options.steps, step=1, label="Steps")
+            cfg_scale = gr.Slider(1.0, 10.0, value=options.cfg_scale, step=0.5, label="CFG scale")
+            sampler = gr.Radio(list(options.samplers), value=options.sampler, label="Sampler",
+                               visible=bool(options.samplers))
             seed = gr.Number(0, precision=0, label="Seed")
             n = gr.Slider(1, MAX_IMAGES, value=1, step=1, label="Number of images")
             button = gr.Button("Generate", variant="primary", elem_id="generate")
@@ -174,7 +185,10 @@ def _reconstruct_tab(tasks: Tasks) -> None:
     with gr.Row():
         with gr.Column():
             image = gr.Image(type="pil", label="Image")
-            steps = gr.Slider(1, 100, value=tasks.pipe.tokenizer.cfg.decode_steps, step=1, label="Decoder steps")
+            # the flow decoder's ODE steps; the ViT decoder and Harmon's autoencoder decode in one pass
+            flow_decoder = hasattr(tasks.pipe, "tokenizer") and tasks.pipe.tokenizer.cfg.decoder == "flow"
+            steps = gr.Slider(1, 100, value=tasks.pipe.tokenizer.cfg.decode_steps if flow_decoder else 1, step=1,
+                              label="Decoder steps", visible=flow_decoder)
             seed = gr.Number(0, precision=0, label="Seed")
             button = gr.Button("Reconstruct", variant="primary")
         original = gr.Image(label="Original (model resolution)", height=256)

@@ -48,7 +48,8 @@ class TrainConfig:
     grad_clip: float = 1.0  # max global gradient norm; 0 disables clipping
     # instruction : caption : t2i; None = the stage's own (hydra_umm.train.recipes.STAGE_RATIOS)
     ratios: Union[list[float], None] = None
-    mixture_block: int = 1000  # samples per block of exact ratios (hydra_umm.data.mixture)
+    mixture_block: int = 1000  # samples (batches with task_per_batch) per block of exact ratios (data.mixture)
+    task_per_batch: bool = False  # every batch of one task (Harmon's code), not a task drawn per sample
     log_every: int = 10
     val_every: int = 200  # 0 disables validation
     ckpt_every: int = 500  # 0: only the final checkpoint

@@ -5,7 +5,8 @@ logged too). The Trainer owns the run folder::
 
     <out_dir>/config.yaml     the run's configuration
     <out_dir>/train.log       the log (rank 0)
-    <out_dir>/tensorboard/    TensorBoard scalars: train/*, val/*, lr/<group>, grad_norm, bad_steps
+    <out_dir>/tensorboard/    TensorBoard scalars: train/*, val/*, lr/<group>, grad_norm, bad_steps,
+                              time/train_seconds (wall time in train steps, data included, across resumes)
     <out_dir>/checkpoints/    step_<step>.pt, the last ``keep_last`` (hydra_umm.train.checkpoint)
 
 A step: forward (bf16 autocast on CUDA when asked), and if the loss is finite on every rank,
@@ -21,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import time
 from collections import defaultdict
 from dataclasses import asdict
 from pathlib import Path
@@ -103,6 +105,7 @@ class Trainer:
         self.step = 0
         self.bad_steps = 0  # non-finite steps in the whole run
         self.bad_in_row = 0
+        self.train_seconds = 0.0  # wall time spent in train steps (next batch included), checkpointed
 
     # ------------------------------------------------------------------------------ one step
 
@@ -171,6 +174,7 @@ class Trainer:
                 "rng": rngs,
                 "bad_steps": self.bad_steps,
                 "bad_in_row": self.bad_in_row,
+                "train_seconds": self.train_seconds,
             }
             path = save_checkpoint(state, self.out_dir, self.step, self.cfg.keep_last)
             log.info("saved checkpoint %s", path)
@@ -195,6 +199,7 @@ class Trainer:
         self.scheduler.load_state_dict(state["scheduler"])
         self.data.load_state_dict(state["data"])
         self.step, self.bad_steps, self.bad_in_row = state["step"], state["bad_steps"], state["bad_in_row"]
+        self.train_seconds = state.get("train_seconds", 0.0)
         if len(state["rng"]) == self.env.world_size:
             set_rng_state(state["rng"][self.env.rank])
         else:
@@ -223,7 +228,9 @@ class Trainer:
                 self.model.train()
                 while self.step < stop:
                     lrs = self.scheduler.get_last_lr()  # the rates this step uses
+                    started = time.perf_counter()
                     metrics = self.train_step(next(self.data))
+                    self.train_seconds += time.perf_counter() - started
                     self.step += 1
                     bar.update(1)
                     for k, v in metrics.items():
@@ -253,6 +260,7 @@ class Trainer:
         for name, lr in zip(self.group_names, lrs):
             writer.add_scalar(f"lr/{name}", lr, self.step)
         writer.add_scalar("bad_steps", self.bad_steps, self.step)
+        writer.add_scalar("time/train_seconds", self.train_seconds, self.step)
         shown = {k: f"{v:.4g}" for k, v in metrics.items() if k in ("loss", "grad_norm")}
         bar.set_postfix(shown)
         log.info("step %d/%d %s lr %s", self.step, self.cfg.steps,

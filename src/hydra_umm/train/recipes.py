@@ -95,7 +95,8 @@ def _stream(cfg: Config, ratios: Sequence[float], image_size: int, env: DistEnv)
         return shard_stream(dataset, train.batch_size, train.num_workers), dataset
     tasks = [t for t, r in zip(TASKS, ratios) if r > 0]
     sources = open_sources(cfg.data, tasks, image_size, cfg.seed)
-    mixture = MixtureDataset(sources, TaskMixture(list(ratios), seed=cfg.seed, block=train.mixture_block))
+    group = train.batch_size if train.task_per_batch else 1
+    mixture = MixtureDataset(sources, TaskMixture(list(ratios), seed=cfg.seed, block=train.mixture_block, group=group))
     return mixture_stream(mixture, train.batch_size, env.rank, env.world_size, train.num_workers), mixture
 
 

@@ -61,3 +61,14 @@ def test_stages_and_the_autoencoder_are_required(capsys):
     finetune = load_config("harmon-finetune")
     assert (finetune.train.lr.default, finetune.train.betas, finetune.train.weight_decay) == (1e-5, [0.9, 0.95], 0.02)
     assert finetune.train.ratios == [0.0, 1.0, 4.0] and finetune.harmon.und_grad_scale == 0.1
+    assert finetune.train.task_per_batch
+
+
+def test_task_per_batch_trains_on_batches_of_one_task():
+    from hydra_umm.train.distributed import DistEnv
+    from hydra_umm.train.recipes import _stream
+
+    cfg = load_config("harmon-finetune", ["data=shapes:24", *SMALL])  # task_per_batch, 1 caption : 4 t2i
+    data, _ = _stream(cfg, cfg.train.ratios, cfg.harmon.image_size, DistEnv())
+    kinds = [set(next(data)["kind"]) for _ in range(10)]
+    assert all(len(k) == 1 for k in kinds) and {"und"} in kinds and {"gen"} in kinds
