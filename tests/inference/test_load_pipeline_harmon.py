@@ -16,9 +16,9 @@ from hydra_umm.models.text_tokenizer import train_text_tokenizer
 
 @pytest.fixture(scope="module")
 def harmon_dir(tmp_path_factory) -> Path:
-    """A tiny random HarmonModel (32 px) saved with save_pretrained."""
+    """A tiny random HarmonModel (32 px, 2 masked-autoregressive steps) saved with save_pretrained."""
     torch.manual_seed(0)
-    cfg = load_config("harmon-tiny", ["harmon.image_size=32"])
+    cfg = load_config("harmon-tiny", ["harmon.image_size=32", "harmon.mar_steps=2", "harmon.sampling_steps=5"])
     directory = tmp_path_factory.mktemp("harmon")
     HarmonModel(cfg, train_text_tokenizer(["a red square", "a blue square"] * 8, cfg.llm.vocab_size)).save_pretrained(directory)
     return directory
@@ -46,3 +46,20 @@ def test_cli_generate_rejects_harmon_sampler(harmon_dir: Path, tmp_path: Path, c
         main(["generate", "--model", str(harmon_dir), "--prompt", "a red square",
               "--out", str(tmp_path / "x.png"), "--steps", "2", "--sampler", "euler"])
     assert "no sampler 'euler'" in capsys.readouterr().err
+
+
+def test_cli_report_and_geneval_writer_on_harmon(harmon_dir: Path, tmp_path: Path) -> None:
+    from hydra_umm.data.shapes import make_dataset
+    from hydra_umm.eval.benchmarks.geneval import write_geneval
+
+    data = tmp_path / "data"
+    make_dataset(data, n=12, size=32, seed=0, prompts_per_tag=1)
+    (tmp_path / "run").mkdir()
+    main(["eval", "report", "--run", str(tmp_path / "run"), "--model", str(harmon_dir), "--limit", "2",
+          "--images", str(data / "test.jsonl"), "--metadata", str(data / "evaluation_metadata.jsonl"),
+          "--manifest", str(data / "test.jsonl")])
+    page = (tmp_path / "run" / "report" / "index.html").read_text()
+    assert "<h2>Reconstruction" in page and "<h2>Generation" in page and "<h2>Understanding" in page
+    out = write_geneval(load_pipeline(harmon_dir), data / "evaluation_metadata.jsonl", tmp_path / "geneval", n_samples=1)
+    samples = sorted(out.glob("*/samples/00000.png"))
+    assert len(samples) == len(list(out.iterdir())) > 0 and Image.open(samples[0]).size == (32, 32)

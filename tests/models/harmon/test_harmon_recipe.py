@@ -23,7 +23,8 @@ SMALL = [
 def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("harmon")
     common = ["train", "harmon", "--config", "harmon-tiny", "data=shapes:24", *SMALL]
-    main([*common, "stage=vae", "train.steps=3", "train.val_every=3", f"train.out_dir={root / 'vae'}"])
+    main(["train", "harmon", "--config", "tiny", "data=shapes:24", *SMALL, "stage=vae", "train.steps=3",
+          "train.val_every=3", f"train.out_dir={root / 'vae'}"])  # tiny holds the tiny Harmon too
     main([*common, "train.steps=4", "train.val_every=4", f"harmon.vae_path={root / 'vae' / 'model'}",
           f"train.out_dir={root / 'unified'}"])
     return root
@@ -58,6 +59,7 @@ def test_stages_and_the_autoencoder_are_required(capsys):
         with pytest.raises(SystemExit):
             main(["train", "harmon", "--config", "harmon-tiny", "data=shapes:8", *SMALL, *overrides])
         assert message in capsys.readouterr().err
+    assert load_config("tiny").harmon == load_config("harmon-tiny").harmon
     finetune = load_config("harmon-finetune")
     assert (finetune.train.lr.default, finetune.train.betas, finetune.train.weight_decay) == (1e-5, [0.9, 0.95], 0.02)
     assert finetune.train.ratios == [0.0, 1.0, 4.0] and finetune.harmon.und_grad_scale == 0.1
