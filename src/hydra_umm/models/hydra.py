@@ -186,7 +186,24 @@ class HydraModel(nn.Module):
         is replaced by the unconditional "" with probability ``caption_dropout`` (default
         ``cfg.umm.caption_dropout``; 0 for evaluation)."""
         p_drop = self.cfg.umm.caption_dropout if caption_dropout is None else caption_dropout
-        sequences, images, noised = [], [], []
+        block = [Image(self.num_image_tokens), Text([self.ids["ve"]])]
+        sequences, images, noised = self.sample_sequences(samples, block, self.cfg.tokenizer.image_size, p_drop,
+                                                          generator)
+        return HydraBatch(layout=self.layout(sequences), images=images, noised=noised)
+
+    def sample_sequences(
+        self,
+        samples: list[dict[str, Any]],
+        generation_block: list[Segment],
+        image_size: int,
+        caption_dropout: float,
+        generator: Optional[torch.Generator] = None,
+    ) -> tuple[list[list[Segment]], Tensor, Tensor]:
+        """Each sample's segments (text; understanding; a generation sample's prompt prefix, its caption
+        replaced by "" with probability ``caption_dropout``, then ``generation_block``), the images
+        (M, 3, S, S) in sample order and whether each is generated (M,) bool. A malformed sample is an
+        error naming it."""
+        sequences, images, generated = [], [], []
         for i, sample in enumerate(samples):
             kind, image = sample.get("kind"), sample.get("image")
             if kind not in KINDS:
@@ -199,22 +216,17 @@ class HydraModel(nn.Module):
             elif kind == "und":
                 sequences.append(self.understanding_segments(prompt, target))
             else:
-                if p_drop > 0 and torch.rand((), generator=generator).item() < p_drop:
+                if caption_dropout > 0 and torch.rand((), generator=generator).item() < caption_dropout:
                     prompt = ""
-                block = [Image(self.num_image_tokens), Text([self.ids["ve"]])]
-                sequences.append(self.generation_prefix(prompt) + block)
+                sequences.append(self.generation_prefix(prompt) + generation_block)
             if image is not None:
-                size = self.cfg.tokenizer.image_size
-                if tuple(image.shape) != (3, size, size):
-                    raise ValueError(f"sample {i}: image must be (3, {size}, {size}), got {tuple(image.shape)}")
+                if tuple(image.shape) != (3, image_size, image_size):
+                    raise ValueError(f"sample {i}: image must be (3, {image_size}, {image_size}), "
+                                     f"got {tuple(image.shape)}")
                 images.append(image)
-                noised.append(kind == "gen")
-        size = self.cfg.tokenizer.image_size
-        return HydraBatch(
-            layout=self.layout(sequences),
-            images=torch.stack(images) if images else torch.zeros(0, 3, size, size),
-            noised=torch.tensor(noised, dtype=torch.bool),
-        )
+                generated.append(kind == "gen")
+        stacked = torch.stack(images) if images else torch.zeros(0, 3, image_size, image_size)
+        return sequences, stacked, torch.tensor(generated, dtype=torch.bool)
 
     # ------------------------------------------------------------------------------ visual path
 

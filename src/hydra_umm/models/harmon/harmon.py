@@ -37,7 +37,7 @@ from hydra_umm.config import Config, load_config, to_dict
 from hydra_umm.models.harmon.diffusion_head import DiffusionHead
 from hydra_umm.models.harmon.mar import MARDecoder, MAREncoder, mask_by_order, random_orders, training_mask_ratio
 from hydra_umm.models.harmon.vae import AutoencoderKL
-from hydra_umm.models.hydra import KINDS, HydraModel, _rows
+from hydra_umm.models.hydra import HydraModel, _rows
 from hydra_umm.models.llm import IGNORE, Image, Layout, Segment, build_language_model, layout
 from hydra_umm.models.text_tokenizer import (
     EOS,
@@ -160,6 +160,7 @@ class HarmonModel(nn.Module):
     text_segments = HydraModel.text_segments
     understanding_segments = HydraModel.understanding_segments  # <vs> image (N + S) <ve> prompt [target eos]
     generation_prefix = HydraModel.generation_prefix  # prompt <vs>
+    sample_sequences = HydraModel.sample_sequences
     embed = HydraModel.embed
     hidden_states = HydraModel.hidden_states
     sequence_hidden_states = HydraModel.sequence_hidden_states
@@ -174,35 +175,13 @@ class HarmonModel(nn.Module):
         order; a caption becomes "" with probability ``caption_dropout`` (default ``harmon.caption_dropout``)."""
         h, N, S = self.cfg.harmon, self.num_tokens, self.buffer_size
         p_drop = h.caption_dropout if caption_dropout is None else caption_dropout
-        size = h.image_size
         num_gen = sum(s.get("kind") == "gen" for s in samples)
         ratio = training_mask_ratio(h.mask_ratio_min, h.mask_ratio_std, generator) if num_gen else 1.0
         masked = math.ceil(N * ratio)
-        sequences, images, generate = [], [], []
-        for i, sample in enumerate(samples):
-            kind, image = sample.get("kind"), sample.get("image")
-            if kind not in KINDS:
-                raise ValueError(f"sample {i}: kind must be one of {KINDS}, got {kind!r}")
-            if (image is None) != (kind == "text"):
-                raise ValueError(f"sample {i}: a {kind!r} sample {'has no' if kind == 'text' else 'needs an'} image")
-            prompt, target = sample.get("prompt", ""), sample.get("target", "")
-            if kind == "text":
-                sequences.append(self.text_segments(prompt, target))
-            elif kind == "und":
-                sequences.append(self.understanding_segments(prompt, target))
-            else:
-                if p_drop > 0 and torch.rand((), generator=generator).item() < p_drop:
-                    prompt = ""
-                sequences.append(self.generation_prefix(prompt) + [Image(N - masked + S)])
-            if image is not None:
-                if tuple(image.shape) != (3, size, size):
-                    raise ValueError(f"sample {i}: image must be (3, {size}, {size}), got {tuple(image.shape)}")
-                images.append(image)
-                generate.append(kind == "gen")
+        sequences, images, generate = self.sample_sequences(samples, [Image(N - masked + S)], h.image_size, p_drop,
+                                                            generator)
         return HarmonBatch(
-            layout=self.layout(sequences),
-            images=torch.stack(images) if images else torch.zeros(0, 3, size, size),
-            generate=torch.tensor(generate, dtype=torch.bool),
+            layout=self.layout(sequences), images=images, generate=generate,
             mask=mask_by_order(masked, random_orders(num_gen, N, generator)),
         )
 
