@@ -11,6 +11,8 @@ from hydra_umm.models.pixel_decoder import PixelFlowDecoder, patchify, unpatchif
 from hydra_umm.models.vit import build_vit
 from hydra_umm.models.vit_decoder import ViTDecoder
 
+from gradient_checks import reaches, take_grads, untouched
+
 B = 2
 
 
@@ -55,28 +57,13 @@ def images():
     return draw_shapes(B)
 
 
-def _grads(model):
-    grads = {n: (None if p.grad is None else p.grad.clone()) for n, p in model.named_parameters()}
-    model.zero_grad(set_to_none=True)
-    return grads
-
-
-def _reaches(grads, prefix):
-    hits = [g for n, g in grads.items() if n.startswith(prefix) and g is not None]
-    return bool(hits) and any(g.abs().sum() > 0 for g in hits)
-
-
-def _untouched(grads, prefix):
-    return all(g is None for n, g in grads.items() if n.startswith(prefix))
-
-
 @pytest.fixture(scope="module")
 def stage1(model, images):
     model.zero_grad(set_to_none=True)
     with pytest.warns(UserWarning, match="randomly initialised VGG16"):  # LPIPS is built on first use
         out = model(images, stage=1, generator=torch.Generator().manual_seed(0))
     out["loss"].backward()
-    return {k: v.detach() for k, v in out.items()}, _grads(model)
+    return {k: v.detach() for k, v in out.items()}, take_grads(model)
 
 
 @pytest.fixture(scope="module")
@@ -86,9 +73,9 @@ def stage2(model, images):
     (gan_grad,) = torch.autograd.grad(out["loss_gan"], model.decoder.final.proj.weight, retain_graph=True)
     assert gan_grad.abs().sum() > 0  # the adversarial term trains the decoder
     out["loss"].backward()
-    loss_grads = _grads(model)
+    loss_grads = take_grads(model)
     out["loss_disc"].backward()
-    return {k: v.detach() for k, v in out.items()}, loss_grads, _grads(model)
+    return {k: v.detach() for k, v in out.items()}, loss_grads, take_grads(model)
 
 
 # ------------------------------------------------------------------------------ shapes
@@ -182,19 +169,19 @@ def test_stage1_gradients_reach_every_part_but_the_teacher(model, stage1):
     _, grads = stage1
     for prefix in ("vit.patch_embed", "vit.blocks.0.", "bottleneck.compress", "bottleneck.reconstruct",
                    f"vit.blocks.{model.cfg.depth - 1}.", "decoder.final"):
-        assert _reaches(grads, prefix), prefix
-    assert _untouched(grads, "teacher.") and _untouched(grads, "discriminator.")
+        assert reaches(grads, prefix), prefix
+    assert untouched(grads, "teacher.") and untouched(grads, "discriminator.")
     assert not any(p.requires_grad for p in model.teacher.parameters())
 
 
 def test_stage2_loss_trains_only_the_decoder_and_loss_disc_only_the_discriminator(stage2):
     _, loss_grads, disc_grads = stage2
-    assert _reaches(loss_grads, "decoder.")
+    assert reaches(loss_grads, "decoder.")
     for prefix in ("vit.", "bottleneck.", "teacher.", "discriminator."):
-        assert _untouched(loss_grads, prefix), prefix
-    assert _reaches(disc_grads, "discriminator.")
+        assert untouched(loss_grads, prefix), prefix
+    assert reaches(disc_grads, "discriminator.")
     for prefix in ("vit.", "bottleneck.", "teacher.", "decoder."):
-        assert _untouched(disc_grads, prefix), prefix
+        assert untouched(disc_grads, prefix), prefix
 
 
 def test_gen_vit_modules_hold_everything_gen_vit_computes_with(model, images):
@@ -312,7 +299,7 @@ def vit_decoded(images):
     tok.zero_grad(set_to_none=True)
     out = tok(images, stage=1, generator=torch.Generator().manual_seed(0))
     out["loss"].backward()
-    return tok, out, _grads(tok)
+    return tok, out, take_grads(tok)
 
 
 def test_vit_decoder_is_deterministic_and_trained_by_l1(vit_decoded, images):
@@ -327,7 +314,7 @@ def test_vit_decoder_is_deterministic_and_trained_by_l1(vit_decoded, images):
     assert out["loss_kl"].item() == pytest.approx(kl_loss(mu, logvar).item(), rel=1e-5)
     terms = out["loss_l1"] + 1e-6 * out["loss_kl"] + out["loss_cons"] + out["loss_distill"]
     assert out["loss"].item() == pytest.approx(terms.item(), rel=1e-5)
-    assert _reaches(grads, "decoder.") and _reaches(grads, "vit.") and _untouched(grads, "teacher.")
+    assert reaches(grads, "decoder.") and reaches(grads, "vit.") and untouched(grads, "teacher.")
 
 
 def test_an_unknown_decoder_is_refused_with_the_choices_named():
