@@ -1,4 +1,5 @@
-"""Samples of coloured squares and a tiny HarmonModel (32 px, 4x4 latent grid, 4 buffer tokens) for the Harmon tests."""
+"""A tiny HarmonModel (32 px, 4x4 latent grid, 4 buffer tokens) for the Harmon tests; the samples
+they check it on come from ``square_samples``."""
 
 import torch
 
@@ -6,24 +7,7 @@ from hydra_umm.config import load_config
 from hydra_umm.models.harmon import HarmonModel
 from hydra_umm.models.text_tokenizer import train_text_tokenizer
 
-COLOURS = {"red": (1.0, -1.0, -1.0), "green": (-1.0, 1.0, -1.0), "blue": (-1.0, -1.0, 1.0), "yellow": (1.0, 1.0, -1.0)}
-QUESTION = "what colour is the square?"
-TEXTS = [f"a {c} square" for c in COLOURS] + [QUESTION, "a square on black", *COLOURS]
-
-
-def square(colour: str, size: int = 32) -> torch.Tensor:
-    """A coloured square on black, (3, size, size) in [-1, 1]."""
-    image = -torch.ones(3, size, size)
-    image[:, size // 4 : 3 * size // 4, size // 4 : 3 * size // 4] = torch.tensor(COLOURS[colour])[:, None, None]
-    return image
-
-
-def gen(colour: str) -> dict:
-    return {"kind": "gen", "image": square(colour), "prompt": f"a {colour} square", "target": ""}
-
-
-def und(colour: str) -> dict:
-    return {"kind": "und", "image": square(colour), "prompt": QUESTION, "target": colour}
+from square_samples import TEXTS
 
 
 def build_model(*overrides: str) -> HarmonModel:

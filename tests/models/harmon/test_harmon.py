@@ -5,7 +5,8 @@ import copy
 
 import pytest
 import torch
-from harmon_samples import COLOURS, build_model, gen, square, und
+from harmon_samples import build_model
+from square_samples import COLOURS, gen, square, und
 
 from hydra_umm.models.harmon import HarmonModel
 from hydra_umm.models.harmon.mar import mask_by_order, random_orders

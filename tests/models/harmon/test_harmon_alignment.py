@@ -3,7 +3,7 @@
 
 import torch
 
-from harmon_samples import COLOURS, square
+from square_samples import COLOURS, square
 from hydra_umm.eval.alignment import alignment_features, branch_features, evaluate_cknna
 from hydra_umm.inference import HarmonPipeline
 

@@ -4,7 +4,7 @@ understanding / reconstruction paths of HydraPipeline's interface work on Harmon
 
 import pytest
 import torch
-from harmon_samples import QUESTION, square
+from square_samples import QUESTION, square
 
 from hydra_umm.inference.harmon_pipeline import HarmonPipeline
 
