@@ -87,6 +87,15 @@ def _run_mid(mid: nn.Module, h: Tensor) -> Tensor:
     return mid.block_2(mid.attn_1(mid.block_1(h)))
 
 
+def _run_level(level: nn.Module, h: Tensor) -> Tensor:
+    """A resolution level's ResNet blocks, each followed by its attention block where the level has them."""
+    for i, block in enumerate(level.block):
+        h = block(h)
+        if len(level.attn):
+            h = level.attn[i](h)
+    return h
+
+
 class Encoder(nn.Module):
     def __init__(self, ch: int, ch_mult: list[int], num_res_blocks: int, z_channels: int):
         super().__init__()
@@ -113,10 +122,7 @@ class Encoder(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         h = self.conv_in(x)
         for level in self.down:
-            for i, block in enumerate(level.block):
-                h = block(h)
-                if len(level.attn):
-                    h = level.attn[i](h)
+            h = _run_level(level, h)
             if hasattr(level, "downsample"):
                 h = level.downsample(h)
         return self.conv_out(F.silu(self.norm_out(_run_mid(self.mid, h))))
@@ -149,10 +155,7 @@ class Decoder(nn.Module):
     def forward(self, z: Tensor) -> Tensor:
         h = _run_mid(self.mid, self.conv_in(z))
         for level in reversed(self.up):
-            for i, block in enumerate(level.block):
-                h = block(h)
-                if len(level.attn):
-                    h = level.attn[i](h)
+            h = _run_level(level, h)
             if hasattr(level, "upsample"):
                 h = level.upsample(h)
         return self.conv_out(F.silu(self.norm_out(h)))
