@@ -112,13 +112,17 @@ class LLMConfig:
 class UMMConfig:
     """HYDRA's own parts on top of the tokenizer and the LLM (DESIGN section 3)."""
 
-    tokenizer_path: str = ""  # a saved HydraTok directory ("" = build from `tokenizer`)
+    tokenizer_path: str = ""  # a saved HydraTok or HydraXTok directory ("" = build from `tokenizer`)
+    xtok: bool = False  # HYDRA-X: HydraXTok (`tokenizer` + `xtok`) in place of HYDRA-TOK, for videos and edits
+    edit_layout: str = "sti"  # "sti": Sem-ViT over [z_src; z_tgt] with the tubelet mask | "indep": each alone
     head_width: int = 1024
     head_depth: int = 4
     head_heads: int = 16
     lambda_flow: float = 1.0
     caption_dropout: float = 0.1
+    source_dropout: float = 0.1  # an edit's source becomes the null latent (0) this often (image guidance)
     cfg_scale: float = 4.0
+    image_cfg_scale: float = 1.5  # editing: the guidance scale of the source image (cfg_scale: of the instruction)
     max_text_len: int = 256
     flow: FlowConfig = field(default_factory=FlowConfig)  # t sampling of the vision head, T2I sampler
 

@@ -1,23 +1,33 @@
-"""HYDRA, the unified model (DESIGN section 3).
+"""HYDRA, the unified model (DESIGN sections 3 and 4).
 
 HYDRA-TOK's encoder feeds a causal LM through one visual path for both tasks:
 
     image -> Gen-ViT -> GSB mean, standardised per channel -> z   (frozen: the latent space must stay decodable)
     z_t = t z + (1 - t) x0                   (generation: the flow's x_t; understanding: t = 1, z_t = z)
-    z_t -> unstandardise -> GSB reconstruct -> Sem-ViT -> projector (+ timestep embedding of t) -> visual tokens
+    z_t -> Sem-ViT (through the GSB reconstruct layer) -> projector (+ timestep embedding of t) -> visual tokens
 
 Text embeddings and visual tokens form one stream, each image block between vision-start and
 vision-end tokens, with causal attention for text and bidirectional attention inside a block.
 The LM head gives the next-token loss on target text; the vision head reads the final hidden states
-of a generation block and predicts the velocity of its latent tokens:
+of a generation block and predicts the velocity of its latent tokens, latent frame by latent frame:
 
     loss = loss_ntp + lambda_flow * loss_flow
 
-Sample kinds (dicts with ``kind``, ``image``, ``prompt``, ``target``), as laid out by :meth:`collate`:
+With HYDRA-XTok (``umm.xtok``, DESIGN section 4) an image block may hold several latent frames:
+a clip (3, 1 + T, H, W) enters as its 1 + T/4 latent frames, through Sem-ViT with the tokenizer's
+frame pattern, and a generated clip has every latent frame noised (one t per clip). An edit is a
+(source, target) pair: Gen-ViT encodes each image alone, Sem-ViT runs over [z_src; z_t,tgt] with the
+tubelet mask ("sti": s_src sees z_src only, s_tgt both) or over each alone ("indep"), and the flow
+loss is on the target frame. The source is clean (t = 1), or the null latent 0 with probability
+``umm.source_dropout`` (the unconditional side of image guidance).
+
+Sample kinds (dicts with ``kind``, ``image``, ``prompt``, ``target``; an edit also ``source``), as
+laid out by :meth:`collate`:
 
     "text": prompt, target, eos                               (loss on target + eos)
-    "und":  <vs> image <ve> prompt, target, eos               (loss on target + eos; clean image)
-    "gen":  prompt <vs> image <ve>                            (flow loss on the image block at time t)
+    "und":  <vs> image|clip <ve> prompt, target, eos          (loss on target + eos; clean)
+    "gen":  prompt <vs> image|clip <ve>                       (flow loss on the block at time t)
+    "edit": instruction <vs> source target <ve>               (flow loss on the target; HYDRA-X only)
 
 The latent z is the GSB posterior mean (not a sample), the same for both tasks.
 """
@@ -27,7 +37,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Optional
+from typing import Any, Callable, Mapping, Optional
 
 import torch
 import torch.nn.functional as F
@@ -38,7 +48,8 @@ from transformers import AutoConfig, PretrainedConfig, PreTrainedTokenizerBase
 from hydra_umm import flow
 from hydra_umm.config import Config, load_config, to_dict
 from hydra_umm.models.adaln import TimestepEmbedder
-from hydra_umm.models.hydra_tok import HydraTok
+from hydra_umm.models.hydra_tok import CONFIG_FILE, HydraTok
+from hydra_umm.models.hydra_xtok import TIME_COMPRESSION, HydraXTok
 from hydra_umm.models.llm import (
     IGNORE,
     Image,
@@ -62,16 +73,53 @@ from hydra_umm.models.vision_head import VisionHead
 
 COMPONENTS = ("sem_vit", "projector", "vision_head", "llm")
 STAGES = {"I": ("sem_vit", "projector", "vision_head"), "II": COMPONENTS, "III": COMPONENTS}
-KINDS = ("text", "und", "gen")
+KINDS = ("text", "und", "gen", "edit")
+EDIT_LAYOUTS = ("sti", "indep")
+
+
+@dataclass
+class VisualBlock:
+    """The pixels of one image block, in [-1, 1]: an image (3, H, W), a clip (3, 1 + T, H, W), or
+    an edit's (source, target) pair (2, 3, H, W)."""
+
+    form: str  # "image" | "video" | "edit"
+    pixels: Tensor
+    generated: bool  # a generation target: every latent frame noised (an edit: the target's only)
+    keep_source: bool = True  # edit: False puts the null latent 0 in the source's place
 
 
 @dataclass
 class HydraBatch:
-    """A collated batch: the laid-out sequences and one image per image block, in layout order."""
+    """A collated batch: the laid-out sequences and one visual block per image block, in layout order."""
 
     layout: Layout
-    images: Tensor  # (M, 3, H, W) in [-1, 1]; M = number of image blocks in the batch
-    noised: Tensor  # (M,) bool: True for generation targets (noised, flow loss), False for clean inputs
+    blocks: list[VisualBlock]
+
+    @property
+    def images(self) -> Tensor:
+        """(M, 3, H, W): the image blocks' pixels (not the clips' or edits')."""
+        images = [b.pixels for b in self.blocks if b.form == "image"]
+        return torch.stack(images) if images else torch.zeros(0, 3, 0, 0)
+
+    @property
+    def noised(self) -> Tensor:
+        """(M,) bool: which image blocks are generation targets."""
+        return torch.tensor([b.generated for b in self.blocks if b.form == "image"], dtype=torch.bool)
+
+
+def load_tokenizer(directory: str | Path) -> HydraTok:
+    """A saved HYDRA-TOK, or HYDRA-XTok when its config names the ``xtok`` section."""
+    config = Path(directory) / CONFIG_FILE
+    if not config.is_file():
+        raise FileNotFoundError(f"not a saved tokenizer: {config} is missing")
+    return (HydraXTok if "xtok" in json.loads(config.read_text()) else HydraTok).from_pretrained(directory)
+
+
+def latent_frames(block: VisualBlock) -> int:
+    """Latent frames of a block: 1 for an image, 2 for an edit pair, 1 + T/4 for a clip of 1 + T frames."""
+    if block.form == "video":
+        return 1 + (block.pixels.shape[1] - 1) // TIME_COMPRESSION
+    return 2 if block.form == "edit" else 1
 
 
 def _rows(columns: Mapping[str, Any]) -> list[dict[str, Any]]:
@@ -80,8 +128,10 @@ def _rows(columns: Mapping[str, Any]) -> list[dict[str, Any]]:
     if missing:
         raise ValueError(f"a batch dict needs the keys kind, image, has_image, prompt, target; missing {missing}")
     images, has_image = columns["image"], columns["has_image"]
+    sources = columns.get("source")
     return [
-        {"kind": kind, "image": images[i] if has_image[i] else None, "prompt": prompt, "target": target}
+        {"kind": kind, "image": images[i] if has_image[i] else None, "prompt": prompt, "target": target,
+         **({"source": sources[i]} if kind == "edit" else {})}
         for i, (kind, prompt, target) in enumerate(zip(columns["kind"], columns["prompt"], columns["target"]))
     ]
 
@@ -105,9 +155,15 @@ class HydraModel(nn.Module):
             raise ValueError(f"the text tokenizer lacks HYDRA's special tokens {missing}; see add_special_tokens")
         special = text_tokenizer.convert_tokens_to_ids([PAD, EOS, VISION_START, VISION_END, IMAGE_PAD])
         self.ids = dict(zip(("pad", "eos", "vs", "ve", "image"), special))
+        if cfg.umm.edit_layout not in EDIT_LAYOUTS:
+            raise ValueError(f"unknown umm.edit_layout {cfg.umm.edit_layout!r}; use one of {', '.join(EDIT_LAYOUTS)}")
         if cfg.umm.tokenizer_path and llm_config is None:
-            self.tokenizer = HydraTok.from_pretrained(cfg.umm.tokenizer_path)
-            cfg.tokenizer = self.tokenizer.cfg
+            self.tokenizer = load_tokenizer(cfg.umm.tokenizer_path)
+            cfg.tokenizer, cfg.umm.xtok = self.tokenizer.cfg, isinstance(self.tokenizer, HydraXTok)
+            if cfg.umm.xtok:
+                cfg.xtok = self.tokenizer.xcfg
+        elif cfg.umm.xtok:
+            self.tokenizer = HydraXTok(cfg.tokenizer, cfg.xtok, load_weights=llm_config is None)
         else:
             self.tokenizer = HydraTok(cfg.tokenizer, load_weights=llm_config is None)
         self.llm = build_language_model(cfg.llm, llm_config)
@@ -163,14 +219,19 @@ class HydraModel(nn.Module):
         segments: list[Segment] = [Text(self._ids(prompt))]
         return segments + ([] if target is None else [Text(self._ids(target) + [self.ids["eos"]], target=True)])
 
-    def understanding_segments(self, prompt: str, target: Optional[str] = None) -> list[Segment]:
-        """<vs> image <ve> prompt [target eos]; without a target, the prefix that answering continues."""
-        head = [Text([self.ids["vs"]]), Image(self.num_image_tokens), Text([self.ids["ve"]])]
+    def understanding_segments(self, prompt: str, target: Optional[str] = None, frames: int = 1) -> list[Segment]:
+        """<vs> image <ve> prompt [target eos] (an image block of ``frames`` latent frames); without a
+        target, the prefix that answering continues."""
+        head = [Text([self.ids["vs"]]), Image(frames * self.num_image_tokens), Text([self.ids["ve"]])]
         return head + self.text_segments(prompt, target)
 
     def generation_prefix(self, prompt: str) -> list[Segment]:
         """prompt <vs>: what precedes a generated image block ("" is the unconditional prompt)."""
         return [Text(self._ids(prompt) + [self.ids["vs"]])]
+
+    def generation_block(self, frames: int = 1) -> list[Segment]:
+        """A generated image block of ``frames`` latent frames, then <ve>."""
+        return [Image(frames * self.num_image_tokens), Text([self.ids["ve"]])]
 
     def layout(self, samples: list[list[Segment]]) -> Layout:
         return layout(samples, pad_id=self.ids["pad"], image_id=self.ids["image"])
@@ -180,71 +241,149 @@ class HydraModel(nn.Module):
         samples: list[dict[str, Any]],
         caption_dropout: Optional[float] = None,
         generator: Optional[torch.Generator] = None,
+        source_dropout: Optional[float] = None,
     ) -> HydraBatch:
-        """Samples ``{"kind": "text"|"und"|"gen", "image": (3, H, W) tensor in [-1, 1] or None,
-        "prompt": str, "target": str}`` -> :class:`HydraBatch`. A "gen" sample's prompt (its caption)
-        is replaced by the unconditional "" with probability ``caption_dropout`` (default
-        ``cfg.umm.caption_dropout``; 0 for evaluation)."""
-        p_drop = self.cfg.umm.caption_dropout if caption_dropout is None else caption_dropout
-        block = [Image(self.num_image_tokens), Text([self.ids["ve"]])]
-        sequences, images, noised = self.sample_sequences(samples, block, self.cfg.tokenizer.image_size, p_drop,
-                                                          generator)
-        return HydraBatch(layout=self.layout(sequences), images=images, noised=noised)
+        """Samples ``{"kind": "text"|"und"|"gen"|"edit", "image": (3, H, W) or, with HYDRA-X, a clip
+        (3, 1 + T, H, W), in [-1, 1], or None, "prompt": str, "target": str}`` (an edit: ``image`` the
+        target, ``source`` the source image, ``prompt`` the instruction) -> :class:`HydraBatch`. A "gen"
+        or "edit" sample's prompt is replaced by "" with probability ``caption_dropout`` and an edit's
+        source by the null latent with probability ``source_dropout`` (defaults: ``cfg.umm``'s; 0 for
+        evaluation)."""
+        umm = self.cfg.umm
+        sequences, blocks = self.sample_sequences(
+            samples, self.generation_block, self.cfg.tokenizer.image_size,
+            umm.caption_dropout if caption_dropout is None else caption_dropout, generator,
+            video=umm.xtok, source_dropout=umm.source_dropout if source_dropout is None else source_dropout,
+        )
+        return HydraBatch(layout=self.layout(sequences), blocks=blocks)
 
     def sample_sequences(
         self,
         samples: list[dict[str, Any]],
-        generation_block: list[Segment],
+        generation_block: Callable[[int], list[Segment]],
         image_size: int,
         caption_dropout: float,
         generator: Optional[torch.Generator] = None,
-    ) -> tuple[list[list[Segment]], Tensor, Tensor]:
-        """Each sample's segments (text; understanding; a generation sample's prompt prefix, its caption
-        replaced by "" with probability ``caption_dropout``, then ``generation_block``), the images
-        (M, 3, S, S) in sample order and whether each is generated (M,) bool. A malformed sample is an
-        error naming it."""
-        sequences, images, generated = [], [], []
+        video: bool = False,
+        source_dropout: float = 0.0,
+    ) -> tuple[list[list[Segment]], list[VisualBlock]]:
+        """Each sample's segments (text; understanding; a generation or edit sample's prompt prefix, its
+        caption replaced by "" with probability ``caption_dropout``, then ``generation_block(latent
+        frames)``) and its visual block. ``video``: clips and edits are allowed (HYDRA-X). A malformed
+        sample is an error naming it."""
+        kinds = KINDS if video else KINDS[:3]
+        image_shape = (3, image_size, image_size)
+        sequences, blocks = [], []
         for i, sample in enumerate(samples):
-            kind, image = sample.get("kind"), sample.get("image")
-            if kind not in KINDS:
-                raise ValueError(f"sample {i}: kind must be one of {KINDS}, got {kind!r}")
-            if (image is None) != (kind == "text"):
+            kind, pixels = sample.get("kind"), sample.get("image")
+            if kind not in kinds:
+                hint = "" if video else " (edits and clips need HYDRA-X: umm.xtok=true)"
+                raise ValueError(f"sample {i}: kind must be one of {kinds}, got {kind!r}{hint}")
+            if (pixels is None) != (kind == "text"):
                 raise ValueError(f"sample {i}: a {kind!r} sample {'has no' if kind == 'text' else 'needs an'} image")
             prompt, target = sample.get("prompt", ""), sample.get("target", "")
             if kind == "text":
                 sequences.append(self.text_segments(prompt, target))
-            elif kind == "und":
-                sequences.append(self.understanding_segments(prompt, target))
+                continue
+            is_clip = video and kind != "edit" and pixels.dim() == 4
+            if is_clip:
+                ok = pixels.shape[0] == 3 and pixels.shape[2:] == image_shape[1:]
+                if not ok or (pixels.shape[1] - 1) % TIME_COMPRESSION:
+                    raise ValueError(f"sample {i}: a clip must be (3, 1 + T, {image_size}, {image_size}) with T a "
+                                     f"multiple of {TIME_COMPRESSION}, got {tuple(pixels.shape)}")
+            elif tuple(pixels.shape) != image_shape:
+                raise ValueError(f"sample {i}: image must be {image_shape}"
+                                 f"{' (or a clip (3, 1 + T, H, W))' if video else ''}, got {tuple(pixels.shape)}")
+            block = VisualBlock("video" if is_clip else "image", pixels, kind != "und")
+            if kind == "edit":
+                source = sample.get("source")
+                if source is None or tuple(source.shape) != image_shape:
+                    shape = None if source is None else tuple(source.shape)
+                    raise ValueError(f"sample {i}: an edit needs a source image {image_shape}, got {shape}")
+            if kind != "und" and caption_dropout > 0 and torch.rand((), generator=generator).item() < caption_dropout:
+                prompt = ""
+            if kind == "edit":
+                keep = not (source_dropout > 0 and torch.rand((), generator=generator).item() < source_dropout)
+                block = VisualBlock("edit", torch.stack([source, pixels]), True, keep)
+            frames = latent_frames(block)
+            if kind == "und":
+                sequences.append(self.understanding_segments(prompt, target, frames))
             else:
-                if caption_dropout > 0 and torch.rand((), generator=generator).item() < caption_dropout:
-                    prompt = ""
-                sequences.append(self.generation_prefix(prompt) + generation_block)
-            if image is not None:
-                if tuple(image.shape) != (3, image_size, image_size):
-                    raise ValueError(f"sample {i}: image must be (3, {image_size}, {image_size}), "
-                                     f"got {tuple(image.shape)}")
-                images.append(image)
-                generated.append(kind == "gen")
-        stacked = torch.stack(images) if images else torch.zeros(0, 3, image_size, image_size)
-        return sequences, stacked, torch.tensor(generated, dtype=torch.bool)
+                sequences.append(self.generation_prefix(prompt) + generation_block(frames))
+            blocks.append(block)
+        return sequences, blocks
 
     # ------------------------------------------------------------------------------ visual path
 
     @torch.no_grad()
-    def latents(self, images: Tensor) -> Tensor:
-        """(M, 3, H, W) in [-1, 1] -> z (M, N, c): the GSB mean through the frozen Gen-ViT, standardised
-        with the tokenizer's recorded statistics (the flow's data side, matched to its N(0, I) noise)."""
-        return self.tokenizer.standardise(self.tokenizer.encode(images, sample=False))
+    def latents(self, pixels: Tensor) -> Tensor:
+        """Images (M, 3, H, W) in [-1, 1] -> z (M, N, c); clips (M, 3, 1 + T, H, W) -> z (M, 1 + T/4, N, c):
+        the GSB mean through the frozen Gen-ViT, standardised with the tokenizer's recorded statistics
+        (the flow's data side, matched to its N(0, I) noise)."""
+        z = self.tokenizer.encode(pixels, sample=False)
+        return self.tokenizer.standardise(z.flatten(2, 3) if pixels.dim() == 5 else z)
 
     @torch.no_grad()
     def decode(self, z: Tensor, generator: Optional[torch.Generator] = None) -> Tensor:
-        """Standardised latents z (M, N, c) -> images (M, 3, H, W) through the tokenizer's decoder."""
-        return self.tokenizer.decode(self.tokenizer.unstandardise(z), generator=generator)
+        """Standardised latents -> pixels through the tokenizer's decoder: z (M, N, c) -> images
+        (M, 3, H, W); latent frames of clips (M, 1 + k, N, c) -> clips (M, 3, 1 + 4k, H, W)."""
+        z = self.tokenizer.unstandardise(z)
+        return self.tokenizer.decode(z.unflatten(2, self.tokenizer.grid) if z.dim() == 4 else z, generator=generator)
 
-    def visual_tokens(self, z_t: Tensor, t: Tensor) -> Tensor:
-        """Standardised latents z_t (M, N, c) at flow time t (M,) -> LLM inputs (M, N, width)."""
-        s = self.tokenizer.sem_features(self.tokenizer.bottleneck.reconstruct(self.tokenizer.unstandardise(z_t)))
-        return self.projector(s) + self.visual_time(t)[:, None]
+    def semantic(self, z: Tensor, form: str) -> Tensor:
+        """Sem-ViT over standardised latent frames z (M, F, N, c) -> s (M, F, N, D): a clip's frames
+        under the tokenizer's frame pattern, an edit pair under the tubelet mask ("sti") or each frame
+        on its own ("indep")."""
+        tok = self.tokenizer
+        if form == "edit" and self.cfg.umm.edit_layout == "indep":
+            return self.semantic(z.flatten(0, 1)[:, None], "image").unflatten(0, z.shape[:2])[:, :, 0]
+        if isinstance(tok, HydraXTok):
+            return tok.sem_latents(z.unflatten(2, tok.grid), "tubelet" if form == "edit" else None).flatten(2, 3)
+        # HYDRA-TOK (images): its Sem-ViT reads the GSB reconstruction of unstandardised latents
+        return tok.sem_features(tok.bottleneck.reconstruct(tok.unstandardise(z.flatten(0, 1)))).unflatten(0, z.shape[:2])
+
+    def visual_tokens(self, z_t: Tensor, t: Tensor, form: str = "image") -> Tensor:
+        """Standardised latents at flow time t -> LLM inputs: images z_t (M, N, c), t (M,) -> (M, N, width);
+        latent frames z_t (M, F, N, c), t (M, F) (a time per frame: an edit's source is clean, t = 1)
+        -> (M, F, N, width), through Sem-ViT as :meth:`semantic` runs a ``form`` ("video" | "edit")."""
+        if z_t.dim() == 3:
+            return self.visual_tokens(z_t[:, None], t[:, None], form)[:, 0]
+        time = self.visual_time(t.flatten()).unflatten(0, t.shape)  # (M, F, width)
+        return self.projector(self.semantic(z_t, form)) + time[:, :, None]
+
+    def frame_inputs(self, blocks: list[VisualBlock], generator: Optional[torch.Generator] = None) -> dict[str, Tensor]:
+        """Every block's latent frames, in layout order (F_total frames): ``z`` and the noise ``x0``
+        (F_total, N, c), the flow time ``t`` and ``noised`` (F_total,) and the LLM inputs ``visual``
+        (F_total, N, width). Blocks of one form and shape are encoded together; each generated block
+        draws one t (generated frames are at t, the rest at 1), then noise for its frames."""
+        if not blocks:
+            return {}
+        device, fc = self.device, self.cfg.umm.flow
+        groups: dict[tuple, list[int]] = {}
+        for i, block in enumerate(blocks):
+            groups.setdefault((block.form, tuple(block.pixels.shape)), []).append(i)
+        frames: dict[int, dict[str, Tensor]] = {}
+        for (form, _), members in groups.items():
+            group = [blocks[i] for i in members]
+            pixels = torch.stack([b.pixels for b in group]).to(device)
+            if form == "edit":  # each image alone through Gen-ViT; a dropped source is the null latent
+                keep = torch.tensor([b.keep_source for b in group], device=device)
+                z = torch.stack([self.latents(pixels[:, 0]) * keep[:, None, None], self.latents(pixels[:, 1])], dim=1)
+                noised = torch.tensor([[False, b.generated] for b in group], device=device)
+            else:
+                z = self.latents(pixels)
+                z = z[:, None] if form == "image" else z  # (X, F, N, c)
+                noised = torch.tensor([b.generated for b in group], device=device)[:, None].expand(z.shape[:2])
+            t_block = flow.sample_t(len(z), fc.t_sampling, fc.t_mean, fc.t_std, device=device, generator=generator)
+            t = torch.where(noised, t_block[:, None], 1.0)  # (X, F)
+            x0 = torch.randn(z.shape, device=device, generator=generator)
+            z_t = torch.where(noised[..., None, None], flow.interpolate(x0.flatten(0, 1), z.flatten(0, 1),
+                                                                    t.flatten()).view_as(z), z)
+            visual = self.visual_tokens(z_t, t, form)
+            for row, i in enumerate(members):
+                frames[i] = {"z": z[row], "x0": x0[row], "t": t[row], "noised": noised[row], "visual": visual[row]}
+        keys = ("z", "x0", "t", "noised", "visual")
+        return {k: torch.cat([frames[i][k] for i in range(len(blocks))]) for k in keys}
 
     def embed(self, lay: Layout, visual: Optional[Tensor]) -> Tensor:
         """Text embeddings with the visual tokens (M, N, width) written into the image blocks in order."""
@@ -276,7 +415,7 @@ class HydraModel(nn.Module):
         return self.hidden_states(embeds, mask, lay.position_ids)
 
     def block_hidden(self, hidden: Tensor, lay: Layout) -> Tensor:
-        """(B, L, width) -> the image blocks' hidden states (M, N, width), in layout order."""
+        """(B, L, width) -> the image blocks' hidden states per latent frame (F_total, N, width), in layout order."""
         return hidden[lay.visual.to(hidden.device)].reshape(-1, self.num_image_tokens, hidden.shape[-1])
 
     @property
@@ -290,25 +429,15 @@ class HydraModel(nn.Module):
     ) -> dict[str, Tensor]:
         """Losses: loss_ntp (target text only), loss_flow (generation blocks) and loss.
 
-        ``batch`` is a :class:`HydraBatch`, or a column dict (``kind``, ``image`` (B, 3, S, S) or None,
-        ``has_image``, ``prompt``, ``target``; as made by ``hydra_umm.data.datasets.collate_items``)
-        which is collated here, with caption dropout in training mode only."""
+        ``batch`` is a :class:`HydraBatch`, or a column dict (``kind``, ``image``, ``has_image``,
+        ``prompt``, ``target``, for edits ``source``; as made by ``hydra_umm.data.datasets.collate_items``)
+        which is collated here, with caption and source dropout in training mode only."""
         if not isinstance(batch, HydraBatch):
-            batch = self.collate(_rows(batch), caption_dropout=None if self.training else 0.0, generator=generator)
+            dropout = None if self.training else 0.0
+            batch = self.collate(_rows(batch), dropout, generator, source_dropout=dropout)
         lay, device = batch.layout, self.device
-        noised = batch.noised.to(device)
-        M = noised.shape[0]
-        visual = None
-        if M:
-            z = self.latents(batch.images.to(device))  # (M, N, c)
-            fc = self.cfg.umm.flow
-            t = torch.where(
-                noised, flow.sample_t(M, fc.t_sampling, fc.t_mean, fc.t_std, device=device, generator=generator), 1.0
-            )
-            x0 = torch.randn(z.shape, device=device, generator=generator)
-            z_t = torch.where(noised[:, None, None], flow.interpolate(x0, z, t), z)
-            visual = self.visual_tokens(z_t, t)
-        hidden = self.sequence_hidden_states(lay, visual)
+        frames = self.frame_inputs(batch.blocks, generator)
+        hidden = self.sequence_hidden_states(lay, frames.get("visual"))
 
         targets = lay.labels[:, 1:].to(device)
         # Both heads run on every batch; a term without samples is the head's output weighted 0, so
@@ -319,9 +448,11 @@ class HydraModel(nn.Module):
             loss_ntp = F.cross_entropy(logits.float(), targets[has_target])
         else:
             loss_ntp = 0.0 * self.llm.lm_head(hidden[:, :1]).float().sum()
-        if noised.any():
+        if frames and frames["noised"].any():
+            noised, t = frames["noised"], frames["t"]
             v_hat = self.vision_head(self.block_hidden(hidden, lay)[noised], t[noised])
-            loss_flow = F.mse_loss(v_hat.float(), flow.velocity_target(x0, z)[noised].float())
+            target = flow.velocity_target(frames["x0"], frames["z"])[noised]
+            loss_flow = F.mse_loss(v_hat.float(), target.float())
         else:
             loss_flow = 0.0 * self.vision_head(hidden[:, :1], hidden.new_zeros(len(hidden))).float().sum()
         loss = loss_ntp + self.cfg.umm.lambda_flow * loss_flow

@@ -178,8 +178,10 @@ class HarmonModel(nn.Module):
         num_gen = sum(s.get("kind") == "gen" for s in samples)
         ratio = training_mask_ratio(h.mask_ratio_min, h.mask_ratio_std, generator) if num_gen else 1.0
         masked = math.ceil(N * ratio)
-        sequences, images, generate = self.sample_sequences(samples, [Image(N - masked + S)], h.image_size, p_drop,
-                                                            generator)
+        sequences, blocks = self.sample_sequences(samples, lambda frames: [Image(N - masked + S)], h.image_size, p_drop,
+                                                  generator)
+        images = torch.stack([b.pixels for b in blocks]) if blocks else torch.zeros(0, 3, h.image_size, h.image_size)
+        generate = torch.tensor([b.generated for b in blocks], dtype=torch.bool)
         return HarmonBatch(
             layout=self.layout(sequences), images=images, generate=generate,
             mask=mask_by_order(masked, random_orders(num_gen, N, generator)),
