@@ -76,27 +76,54 @@ def _load_any_pipeline(args: argparse.Namespace):
     return load_pipeline(args.model, device=args.device)
 
 
-def _generate(args: argparse.Namespace) -> None:
-    pipe = _load_pipeline(args)
-    images = pipe.generate(
-        [args.prompt] * args.n, steps=args.steps, cfg_scale=args.cfg_scale, sampler=args.sampler, seed=args.seed
-    )
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
+def _numbered(out: Path, i: int, n: int) -> Path:
+    """``out`` for a single result, ``<stem>_<i><suffix>`` beside it for one of several."""
+    return out if n == 1 else out.with_name(f"{out.stem}_{i}{out.suffix}")
+
+
+def _save_images(images: list, out: str) -> None:
+    out_path = Path(out)
+    out_path.parent.mkdir(parents=True, exist_ok=True)
     for i, image in enumerate(images):
-        path = out if len(images) == 1 else out.with_name(f"{out.stem}_{i}{out.suffix}")
+        path = _numbered(out_path, i, len(images))
         image.save(path)
         print(f"wrote {path}")
+
+
+def _generate(args: argparse.Namespace) -> None:
+    from hydra_umm.data.video import write_clip
+
+    pipe = _load_pipeline(args)
+    options = dict(steps=args.steps, cfg_scale=args.cfg_scale, sampler=args.sampler, seed=args.seed)
+    if not args.video:
+        return _save_images(pipe.generate([args.prompt] * args.n, **options), args.out)
+    clips = pipe.generate_video([args.prompt] * args.n, frames=args.frames, **options)
+    for i, frames in enumerate(clips):
+        print(f"wrote {write_clip(frames, _numbered(Path(args.out), i, len(clips)))}")
+
+
+def _edit(args: argparse.Namespace) -> None:
+    from PIL import Image
+
+    pipe = _load_pipeline(args)
+    image = Image.open(args.image).convert("RGB")
+    edited = pipe.edit([image] * args.n, [args.instruction] * args.n, steps=args.steps, cfg_scale=args.cfg_scale,
+                       image_cfg_scale=args.image_cfg_scale, seed=args.seed, sampler=args.sampler)
+    _save_images(edited, args.out)
 
 
 def _answer(args: argparse.Namespace) -> None:
     from PIL import Image
 
+    from hydra_umm.data.video import read_frames
+
+    if (args.image is None) == (args.video is None):
+        raise SystemExit("answer takes --image or --video (one of them)")
     pipe = _load_pipeline(args)
-    image = Image.open(args.image).convert("RGB")
-    (text,) = pipe.answer(
-        [image], [args.question], max_new_tokens=args.max_new_tokens, temperature=args.temperature, seed=args.seed
-    )
+    visual = ({"images": [Image.open(args.image).convert("RGB")]} if args.video is None
+              else {"videos": [read_frames(args.video)]})
+    (text,) = pipe.answer(questions=[args.question], max_new_tokens=args.max_new_tokens,
+                          temperature=args.temperature, seed=args.seed, **visual)
     print(text)
 
 
@@ -284,19 +311,34 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--device", default="cpu")
         p.add_argument("--seed", type=int, default=0)
 
-    p = sub.add_parser("generate", help="text-to-image")
+    p = sub.add_parser("generate", help="text-to-image, or text-to-video with --video (HYDRA-X)")
     model_args(p)
     p.add_argument("--prompt", required=True)
-    p.add_argument("--out", required=True)
+    p.add_argument("--out", required=True, help="an image file; with --video an .mp4 (or a folder of PNG frames)")
     p.add_argument("--n", type=int, default=1)
+    p.add_argument("--video", action="store_true", help="generate a clip (a HYDRA-X model)")
+    p.add_argument("--frames", type=int, default=17, help="frames of a clip: 1 + 4k")
     p.add_argument("--steps", type=int, default=None)
     p.add_argument("--cfg-scale", type=float, default=None)
     p.add_argument("--sampler", choices=["euler", "heun"], default=None)
     p.set_defaults(func=_generate)
 
-    p = sub.add_parser("answer", help="answer a question about an image")
+    p = sub.add_parser("edit", help="edit an image as an instruction says (a HYDRA-X model)")
     model_args(p)
     p.add_argument("--image", required=True)
+    p.add_argument("--instruction", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--n", type=int, default=1)
+    p.add_argument("--steps", type=int, default=None)
+    p.add_argument("--cfg-scale", type=float, default=None, help="instruction guidance (default umm.cfg_scale)")
+    p.add_argument("--image-cfg-scale", type=float, default=None, help="source guidance (default umm.image_cfg_scale)")
+    p.add_argument("--sampler", choices=["euler", "heun"], default=None)
+    p.set_defaults(func=_edit)
+
+    p = sub.add_parser("answer", help="answer a question about an image, or a clip with --video (HYDRA-X)")
+    model_args(p)
+    p.add_argument("--image", default=None)
+    p.add_argument("--video", default=None, help="a video file or a folder of frames")
     p.add_argument("--question", required=True)
     p.add_argument("--max-new-tokens", type=int, default=32)
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
@@ -388,9 +430,11 @@ def main(argv: list[str] | None = None) -> None:
         args.overrides = extra  # key=value config overrides
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
+    from hydra_umm.data.datasets import UnreadableImage
+
     try:
         args.func(args)
-    except (ConfigError, FileNotFoundError, ValueError) as e:
+    except (ConfigError, FileNotFoundError, ValueError, UnreadableImage) as e:
         print(f"hydra-umm: error: {e}", file=sys.stderr)
         sys.exit(2)
 

@@ -1,10 +1,15 @@
-"""HydraPipeline: text-to-image, image understanding and reconstruction with a saved HYDRA model.
+"""HydraPipeline: text-to-image, image understanding and reconstruction with a saved HYDRA model;
+with HYDRA-X (``umm.xtok``) also text-to-video, video understanding and instruction-based editing.
 
-- ``generate``: the prompt prefix (cond and uncond batched) is run once; every ODE step of
-  :func:`hydra_umm.flow.sample` recomputes only the image block against the prefix's KV cache, the
-  vision head gives the velocity, CFG combines it; HYDRA-TOK's pixel decoder turns z into pixels.
-- ``answer``: prefill with the image block bidirectional, then token-by-token decoding with the
-  KV cache; greedy at temperature 0, sampling otherwise.
+- ``generate`` / ``generate_video``: the prompt prefix (cond and uncond batched) is run once; every
+  ODE step of :func:`hydra_umm.flow.sample` recomputes only the image block (every latent frame of a
+  clip) against the prefix's KV cache, the vision head gives the velocity, CFG combines it; the
+  tokenizer's decoder turns z into pixels.
+- ``edit``: the instruction prefix is cached likewise; the block is [source; noised target], the
+  source clean at t = 1, and three conditions (instruction + source, source alone, neither) give
+  separate instruction and image guidance.
+- ``answer``: prefill with the image block (an image or a clip's latent frames) bidirectional, then
+  token-by-token decoding with the KV cache; greedy at temperature 0, sampling otherwise.
 - ``reconstruct``: HYDRA-TOK encode (GSB mean) and decode.
 
 Every method takes a seed and is reproducible; ``use_cache=False`` recomputes the full sequence
@@ -23,13 +28,16 @@ from PIL import Image as PILImage
 from torch import Tensor
 
 from hydra_umm import flow
-from hydra_umm.data.transforms import ImageTransform, to_pil
+from hydra_umm.data.transforms import ImageTransform, resize_crop, to_pil
+from hydra_umm.data.video import check_frame_count, clip_to_tensor, tensor_to_frames
 from hydra_umm.inference.kv_cache import CachedSequence
 from hydra_umm.models.hydra import HydraModel
 from hydra_umm.models.hydra_tok import HydraTok
-from hydra_umm.models.llm import IGNORE, Image, Text
+from hydra_umm.models.hydra_xtok import TIME_COMPRESSION
+from hydra_umm.models.llm import IGNORE, Image, Segment, Text
 
 ImageInput = Union[PILImage.Image, Tensor]  # PIL image, or a (3, H, W) tensor in [-1, 1]
+VideoInput = Union[Sequence[PILImage.Image], Tensor]  # PIL frames, or a (3, 1 + T, H, W) tensor in [-1, 1]
 
 
 class TokenizerPipeline:
@@ -91,14 +99,19 @@ class HydraPipeline(TokenizerPipeline):
     def from_pretrained(cls, directory: str | Path, device: str | torch.device = "cpu") -> "HydraPipeline":
         return cls(HydraModel.from_pretrained(directory).to(device))
 
-    # ------------------------------------------------------------------------------ text-to-image
+    # ---------------------------------------------------------------------------------- generation
 
-    def velocity_fn(self, prompts: list[str], cfg_scale: float, use_cache: bool = True) -> flow.VelocityFn:
-        """The guided velocity (B, N, c) of the image block after each prompt, as a function of
-        (z_t (B, N, c), t (B,)). Cond and uncond ("" prompt) run as one batch unless cfg_scale == 1."""
-        model, B, N = self.model, len(prompts), self.model.num_image_tokens
-        guided = cfg_scale != 1.0
-        prefixes = [model.generation_prefix(p) for p in prompts + ([""] * B if guided else [])]
+    def block_velocity(
+        self, prefixes: list[list[Segment]], frames: int, clean: Optional[Tensor] = None, use_cache: bool = True
+    ) -> Callable[[Tensor, Tensor], Tensor]:
+        """The vision head's velocity of a generated block after each prefix, as a function of
+        (z_t (R, G, N, c), t (R,)) -> (R, G, N, c) for ``frames`` = G generated latent frames. With
+        ``clean`` (R, C, N, c) the block holds those frames first, at t = 1 (an edit's source: Sem-ViT
+        runs the pair as an edit), then the generated ones. Cached: the prefixes run once and every call
+        recomputes only the block against their KV cache."""
+        model, N = self.model, self.model.num_image_tokens
+        C = 0 if clean is None else clean.shape[1]
+        form = "edit" if C else ("image" if frames == 1 else "video")
         if use_cache:
             prefix = CachedSequence(model, model.layout(prefixes))
 
@@ -106,15 +119,60 @@ class HydraPipeline(TokenizerPipeline):
                 return prefix.extend(tokens, image_block=True, keep=False)
 
         else:
-            full = model.layout([p + [Image(N)] for p in prefixes])
+            full = model.layout([p + [Image((C + frames) * N)] for p in prefixes])
 
             def block_hidden(tokens: Tensor) -> Tensor:
-                return model.block_hidden(model.sequence_hidden_states(full, tokens), full)
+                return model.block_hidden(model.sequence_hidden_states(full, tokens), full).unflatten(0, (len(tokens), -1))
 
         def velocity(z_t: Tensor, t: Tensor) -> Tensor:
-            z_t, t = (torch.cat([z_t, z_t]), torch.cat([t, t])) if guided else (z_t, t)
-            v = model.vision_head(block_hidden(model.visual_tokens(z_t, t)), t)
-            return flow.cfg_combine(v[:B], v[B:], cfg_scale) if guided else v
+            R = len(z_t)
+            z = z_t if clean is None else torch.cat([clean, z_t], dim=1)
+            times = torch.cat([torch.ones(R, C, device=t.device), t[:, None].expand(R, frames)], dim=1)
+            tokens = model.visual_tokens(z, times, form).flatten(1, 2)  # (R, (C + G) N, width)
+            hidden = block_hidden(tokens).reshape(R, C + frames, N, -1)[:, C:]  # (R, G, N, width)
+            return model.vision_head(hidden.flatten(0, 1), t.repeat_interleave(frames)).unflatten(0, (R, frames))
+
+        return velocity
+
+    def velocity_fn(
+        self, prompts: list[str], cfg_scale: float, use_cache: bool = True, frames: int = 1
+    ) -> flow.VelocityFn:
+        """The guided velocity of the image block after each prompt, as a function of (z_t, t (B,)):
+        z_t (B, N, c) for an image, (B, G, N, c) for ``frames`` = G latent frames of a clip. Cond and
+        uncond ("" prompt) run as one batch unless cfg_scale == 1."""
+        model, B = self.model, len(prompts)
+        guided = cfg_scale != 1.0
+        prefixes = [model.generation_prefix(p) for p in prompts + ([""] * B if guided else [])]
+        block = self.block_velocity(prefixes, frames, use_cache=use_cache)
+
+        def velocity(z_t: Tensor, t: Tensor) -> Tensor:
+            z = z_t[:, None] if frames == 1 else z_t
+            z, t = (torch.cat([z, z]), torch.cat([t, t])) if guided else (z, t)
+            v = block(z, t)
+            v = flow.cfg_combine(v[:B], v[B:], cfg_scale) if guided else v
+            return v[:, 0] if frames == 1 else v
+
+        return velocity
+
+    def edit_velocity_fn(
+        self, instructions: list[str], source: Tensor, cfg_scale: float, image_cfg_scale: float, use_cache: bool = True
+    ) -> flow.VelocityFn:
+        """The guided velocity (B, N, c) of each edit's target, as a function of (z_t (B, N, c), t (B,)),
+        with the source latents ``source`` (B, N, c). Instruction and image guidance as separate scales
+        (InstructPix2Pix): v = v(0, 0) + s_img (v(0, src) - v(0, 0)) + s_txt (v(instr, src) - v(0, src)),
+        0 being the "" instruction or the null source latent; the three run as one batch unless both
+        scales are 1."""
+        model, B = self.model, len(instructions)
+        guided = cfg_scale != 1.0 or image_cfg_scale != 1.0
+        prompts = instructions + ([""] * 2 * B if guided else [])
+        clean = torch.cat([source, source, torch.zeros_like(source)]) if guided else source
+        block = self.block_velocity([model.generation_prefix(p) for p in prompts], 1, clean[:, None], use_cache)
+
+        def velocity(z_t: Tensor, t: Tensor) -> Tensor:
+            if not guided:
+                return block(z_t[:, None], t)[:, 0]
+            v_full, v_source, v_none = block(z_t[:, None].repeat(3, 1, 1, 1), t.repeat(3))[:, 0].split(B)
+            return v_none + image_cfg_scale * (v_source - v_none) + cfg_scale * (v_full - v_source)
 
         return velocity
 
@@ -122,6 +180,20 @@ class HydraPipeline(TokenizerPipeline):
     def generation_options(self) -> GenerationOptions:
         umm = self.model.cfg.umm
         return GenerationOptions(umm.flow.steps, umm.cfg_scale, flow.SAMPLERS, umm.flow.sampler)
+
+    def _integrate(
+        self, velocity: flow.VelocityFn, shape: tuple[int, ...], steps: Optional[int], sampler: Optional[str],
+        seed: int, progress: Optional[Callable[[int, int], None]],
+    ) -> Tensor:
+        """Integrate the flow from noise of ``shape`` drawn with ``seed`` (None: the config's steps and sampler)."""
+        fc = self.model.cfg.umm.flow
+        x0 = torch.randn(shape, generator=self._generator(seed), device=self.device)
+        return flow.sample(velocity, x0, steps or fc.steps, sampler or fc.sampler, fc.shift, progress)
+
+    def _latent_shape(self, count: int, frames: int = 1) -> tuple[int, ...]:
+        model = self.model
+        grid = (model.num_image_tokens, model.cfg.tokenizer.latent_dim)
+        return (count, *grid) if frames == 1 else (count, frames, *grid)
 
     @torch.no_grad()
     def generate_latents(
@@ -133,20 +205,15 @@ class HydraPipeline(TokenizerPipeline):
         seed: int = 0,
         use_cache: bool = True,
         progress: Optional[Callable[[int, int], None]] = None,
+        frames: int = 1,
     ) -> Tensor:
-        """Prompts -> latents z (B, N, c) by integrating the vision head's flow from noise;
-        ``progress(step, steps)`` after every ODE step."""
+        """Prompts -> latents z (B, N, c), or (B, G, N, c) for ``frames`` = G latent frames of a clip, by
+        integrating the vision head's flow from noise; ``progress(step, steps)`` after every ODE step."""
         if not prompts:
             raise ValueError("generate needs at least one prompt")
-        cfg, fc = self.model.cfg, self.model.cfg.umm.flow
-        scale = cfg.umm.cfg_scale if cfg_scale is None else cfg_scale
-        x0 = torch.randn(
-            (len(prompts), self.model.num_image_tokens, cfg.tokenizer.latent_dim),
-            generator=self._generator(seed),
-            device=self.device,
-        )
-        velocity = self.velocity_fn(list(prompts), scale, use_cache)
-        return flow.sample(velocity, x0, steps or fc.steps, sampler or fc.sampler, fc.shift, progress)
+        scale = self.model.cfg.umm.cfg_scale if cfg_scale is None else cfg_scale
+        velocity = self.velocity_fn(list(prompts), scale, use_cache, frames)
+        return self._integrate(velocity, self._latent_shape(len(prompts), frames), steps, sampler, seed, progress)
 
     @torch.no_grad()
     def generate(
@@ -164,31 +231,128 @@ class HydraPipeline(TokenizerPipeline):
         z = self.generate_latents(prompts, steps, cfg_scale, sampler, seed, use_cache, progress)
         return to_pil(self.model.decode(z, generator=self._generator(seed + 1)))
 
+    def _check_video(self) -> None:
+        if not self.model.cfg.umm.xtok:
+            raise ValueError("videos and edits need a HYDRA-X model (umm.xtok: HYDRA-XTok); this one reads images only")
+
+    @torch.no_grad()
+    def generate_video(
+        self,
+        prompts: list[str],
+        frames: int = 17,
+        steps: Optional[int] = None,
+        cfg_scale: Optional[float] = None,
+        sampler: Optional[str] = None,
+        seed: int = 0,
+        use_cache: bool = True,
+        progress: Optional[Callable[[int, int], None]] = None,
+    ) -> list[list[PILImage.Image]]:
+        """Text-to-video: one clip of ``frames`` = 1 + 4k frames per prompt, as PIL frames (write them
+        with ``hydra_umm.data.video.write_clip``, e.g. to an mp4). Every latent frame is generated at once."""
+        self._check_video()
+        check_frame_count(frames)
+        z = self.generate_latents(prompts, steps, cfg_scale, sampler, seed, use_cache, progress,
+                                  frames=1 + (frames - 1) // TIME_COMPRESSION)
+        clips = self.model.decode(z if frames > 1 else z[:, None])  # (B, 3, frames, H, W)
+        return [tensor_to_frames(c) for c in clips]
+
+    @torch.no_grad()
+    def edit_latents(
+        self,
+        images: Sequence[ImageInput],
+        instructions: list[str],
+        steps: Optional[int] = None,
+        cfg_scale: Optional[float] = None,
+        image_cfg_scale: Optional[float] = None,
+        sampler: Optional[str] = None,
+        seed: int = 0,
+        use_cache: bool = True,
+        progress: Optional[Callable[[int, int], None]] = None,
+    ) -> Tensor:
+        """(source image, instruction) pairs -> the edited images' latents (B, N, c)."""
+        self._check_video()
+        if len(images) != len(instructions) or not instructions:
+            raise ValueError(f"edit needs one image per instruction, got {len(images)} images, "
+                             f"{len(instructions)} instructions")
+        umm = self.model.cfg.umm
+        velocity = self.edit_velocity_fn(
+            list(instructions), self.model.latents(self.pixels(images)), umm.cfg_scale if cfg_scale is None else cfg_scale,
+            umm.image_cfg_scale if image_cfg_scale is None else image_cfg_scale, use_cache,
+        )
+        return self._integrate(velocity, self._latent_shape(len(images)), steps, sampler, seed, progress)
+
+    @torch.no_grad()
+    def edit(
+        self,
+        images: Sequence[ImageInput],
+        instructions: list[str],
+        steps: Optional[int] = None,
+        cfg_scale: Optional[float] = None,
+        image_cfg_scale: Optional[float] = None,
+        seed: int = 0,
+        sampler: Optional[str] = None,
+        use_cache: bool = True,
+        progress: Optional[Callable[[int, int], None]] = None,
+    ) -> list[PILImage.Image]:
+        """Instruction-based editing: each source image edited as its instruction says. ``cfg_scale``
+        guides by the instruction, ``image_cfg_scale`` by the source (defaults: umm.cfg_scale,
+        umm.image_cfg_scale)."""
+        z = self.edit_latents(images, instructions, steps, cfg_scale, image_cfg_scale, sampler, seed, use_cache,
+                              progress)
+        return to_pil(self.model.decode(z, generator=self._generator(seed + 1)))
+
     # ------------------------------------------------------------------------------ understanding
+
+    def clips(self, videos: Sequence[VideoInput]) -> Tensor:
+        """Clips as lists of PIL frames (each resized to the model's size) or (3, 1 + T, H, W) tensors
+        -> (B, 3, 1 + T, H, W) in [-1, 1] on the device; every clip of one call has the same length."""
+        x = [v if isinstance(v, Tensor) else clip_to_tensor([resize_crop(f, self.image_size) for f in v]) for v in videos]
+        lengths = sorted({c.shape[1] for c in x})
+        if len(lengths) > 1:
+            raise ValueError(f"clips of different lengths in one call: {lengths} frames")
+        check_frame_count(lengths[0])
+        return torch.stack(x).to(self.device)
+
+    def _understood(
+        self, images: Optional[Sequence[ImageInput]], videos: Optional[Sequence[VideoInput]], count: int, what: str
+    ) -> tuple[int, Tensor]:
+        """The visual input of ``count`` understanding prompts: images or (HYDRA-X) clips, one per prompt
+        -> (latent frames per block F, clean visual tokens (count F, N, width) in layout order)."""
+        if (images is None) == (videos is None):
+            raise ValueError(f"{what} takes images or videos (one of them)")
+        given = images if videos is None else videos
+        if len(given) != count or not count:
+            raise ValueError(f"{what} needs one {'image' if videos is None else 'video'} per question, got "
+                             f"{len(given)} for {count} questions")
+        model = self.model
+        if videos is None:
+            return 1, model.visual_tokens(model.latents(self.pixels(images)), torch.ones(count, device=self.device))
+        self._check_video()
+        z = model.latents(self.clips(videos))  # (B, F, N, c)
+        frames = z.shape[1]
+        return frames, model.visual_tokens(z, torch.ones(z.shape[:2], device=self.device), "video").flatten(0, 1)
 
     @torch.no_grad()
     def answer_ids(
         self,
-        images: Sequence[ImageInput],
-        questions: list[str],
+        images: Optional[Sequence[ImageInput]] = None,
+        questions: Sequence[str] = (),
         max_new_tokens: int = 32,
         temperature: float = 0.0,
         seed: int = 0,
         use_cache: bool = True,
         on_token: Optional[Callable[[Tensor], None]] = None,
+        videos: Optional[Sequence[VideoInput]] = None,
     ) -> list[list[int]]:
-        """The generated token ids of every answer, up to (not including) eos. ``on_token(tokens)``
-        receives each decoding step's (B,) ids as they come (eos once a row is done), for streaming."""
-        if len(images) != len(questions) or not questions:
-            raise ValueError(
-                f"answer needs one image per question, got {len(images)} images, {len(questions)} questions"
-            )
+        """The generated token ids of every answer, up to (not including) eos, about an image or (with
+        HYDRA-X) a clip per question. ``on_token(tokens)`` receives each decoding step's (B,) ids as they
+        come (eos once a row is done), for streaming."""
         if temperature < 0:
             raise ValueError(f"temperature must be >= 0, got {temperature}")
         model, B, eos = self.model, len(questions), self.model.ids["eos"]
+        frames, visual = self._understood(images, videos, B, "answer")
         generator = self._generator(seed)
-        prompts = [model.understanding_segments(q) for q in questions]
-        visual = model.visual_tokens(model.latents(self.pixels(images)), torch.ones(B, device=self.device))
+        prompts = [model.understanding_segments(q, frames=frames) for q in questions]
         lm_head, embed_tokens = model.llm.lm_head, model.llm.get_input_embeddings()
         generated: list[Tensor] = []  # each (B,)
 
@@ -229,19 +393,23 @@ class HydraPipeline(TokenizerPipeline):
 
     @torch.no_grad()
     def loglikelihood_ids(
-        self, images: Sequence[ImageInput], contexts: list[str], continuations: list[list[int]]
+        self,
+        images: Optional[Sequence[ImageInput]],
+        contexts: list[str],
+        continuations: list[list[int]],
+        videos: Optional[Sequence[VideoInput]] = None,
     ) -> list[tuple[float, bool]]:
-        """For each (image, context, continuation token ids): log p(continuation | image, context)
+        """For each (image or clip, context, continuation token ids): log p(continuation | visual, context)
         and whether greedy decoding would produce exactly the continuation."""
-        if not len(images) == len(contexts) == len(continuations) or not contexts:
-            raise ValueError("loglikelihood needs one image and one continuation per context")
+        if len(contexts) != len(continuations):
+            raise ValueError("loglikelihood needs one continuation per context")
         if not all(continuations):
             raise ValueError("every continuation needs at least one token")
         model = self.model
-        samples = [model.understanding_segments(c) + [Text(list(ids), target=True)]
+        frames, visual = self._understood(images, videos, len(contexts), "loglikelihood")
+        samples = [model.understanding_segments(c, frames=frames) + [Text(list(ids), target=True)]
                    for c, ids in zip(contexts, continuations)]
         lay = model.layout(samples)
-        visual = model.visual_tokens(model.latents(self.pixels(images)), torch.ones(len(images), device=self.device))
         logp = model.llm.lm_head(model.sequence_hidden_states(lay, visual)[:, :-1]).float().log_softmax(dim=-1)
         targets = lay.labels[:, 1:].to(self.device)
         scored = targets != IGNORE
@@ -251,25 +419,31 @@ class HydraPipeline(TokenizerPipeline):
         return [(float(lp), bool(g)) for lp, g in zip(total, greedy)]
 
     def loglikelihood(
-        self, images: Sequence[ImageInput], contexts: list[str], continuations: list[str]
+        self,
+        images: Optional[Sequence[ImageInput]],
+        contexts: list[str],
+        continuations: list[str],
+        videos: Optional[Sequence[VideoInput]] = None,
     ) -> list[tuple[float, bool]]:
         """:meth:`loglikelihood_ids` of continuation strings (multiple-choice scoring, lmms-eval)."""
         tokenize = self.model.text_tokenizer
         return self.loglikelihood_ids(
-            images, contexts, [tokenize(c, add_special_tokens=False).input_ids for c in continuations]
+            images, contexts, [tokenize(c, add_special_tokens=False).input_ids for c in continuations], videos
         )
 
     def answer(
         self,
-        images: Sequence[ImageInput],
-        questions: list[str],
+        images: Optional[Sequence[ImageInput]] = None,
+        questions: Sequence[str] = (),
         max_new_tokens: int = 32,
         temperature: float = 0.0,
         seed: int = 0,
         use_cache: bool = True,
+        videos: Optional[Sequence[VideoInput]] = None,
     ) -> list[str]:
-        """One answer per (image, question); greedy when temperature == 0."""
-        ids = self.answer_ids(images, questions, max_new_tokens, temperature, seed, use_cache)
+        """One answer per (image, question), or per (clip, question) with ``videos`` (HYDRA-X); greedy
+        when temperature == 0."""
+        ids = self.answer_ids(images, questions, max_new_tokens, temperature, seed, use_cache, videos=videos)
         return [self.model.text_tokenizer.decode(row, skip_special_tokens=True) for row in ids]
 
 
