@@ -1,0 +1,82 @@
+"""Shapes-world edits: every kind is sampled, seeded and serialisable; the scorer passes the true
+target, fails the unedited source and outputs that lose an untouched object; Recon-PSNR against its
+formula."""
+
+import math
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from hydra_umm.data.shapes.edits import (EDIT_KINDS, Edit, edit_records, recon_psnr, sample_edit, sample_edits,
+                                         score_edit, summarize_edits, unedited_region)
+from hydra_umm.data.shapes.render import render, to_array
+
+
+@pytest.fixture(scope="module")
+def edits():
+    return sample_edits(42, seed=3)  # six of every kind
+
+
+def test_every_kind_is_sampled_seeded_and_round_trips(edits):
+    assert [e.kind for e in edits[:7]] == list(EDIT_KINDS)
+    assert [e.to_dict() for e in sample_edits(42, seed=3)] == [e.to_dict() for e in edits]
+    assert all(Edit.from_dict(e.to_dict()) == e for e in edits)
+    for e in edits:
+        for i in e.edited:  # a named object is the only one of its colour and shape (count edits name a class)
+            names = [o.name for o in e.source.objects]
+            assert e.kind == "count" or names.count(names[i]) == 1
+        if e.kind != "background":
+            assert e.source.objects != e.target.objects and e.source.background == e.target.background
+        else:
+            assert e.source.objects == e.target.objects and e.source.background != e.target.background
+    with pytest.raises(ValueError, match="unknown edit kind"):
+        sample_edit(np.random.default_rng(0), "rotate")
+
+
+def test_the_true_target_is_correct_and_the_untouched_source_is_not(edits):
+    for e in edits:
+        target = score_edit(render(e.target, 64), e)
+        assert target["correct"], (e.instruction, target)
+        source = score_edit(render(e.source, 64), e)
+        assert source["kept"] and not source["followed"], (e.instruction, source)
+
+
+def test_losing_an_untouched_object_is_not_kept(edits):
+    for e in edits:
+        kept = [i for i in range(len(e.source.objects)) if i not in e.edited]
+        if e.kind in ("add", "alter") and kept:
+            lost = e.target.objects[: kept[0]] + e.target.objects[kept[0] + 1:]
+            result = score_edit(render(replace(e.target, objects=lost), 64), e)
+            assert not result["kept"] and not result["correct"]
+    grey = render(replace(edits[0].source, objects=()), 64)
+    assert not score_edit(grey, edits[0])["correct"]
+
+
+def test_recon_psnr_matches_its_formula_over_the_unedited_region(edits):
+    e = next(x for x in edits if x.kind == "remove")
+    region = unedited_region(e, 64)
+    assert 0 < region.mean() < 1
+    removed = e.source.objects[e.edited[0]]
+    x0, y0, x1, y1 = (round(v * 64) for v in removed.box)
+    assert not region[(y0 + y1) // 2, (x0 + x1) // 2]  # the removed object's place is not scored
+    source, target = to_array(render(e.source, 64)), to_array(render(e.target, 64))
+    assert recon_psnr(target, source, region) == math.inf  # only the edited box changed
+    noisy = np.clip(target + np.random.default_rng(0).normal(0, 0.05, target.shape), 0, 1)
+    mse = ((noisy - source) ** 2)[region].mean()
+    assert recon_psnr(noisy, source, region) == pytest.approx(10 * np.log10(1 / mse))
+    background = next(x for x in edits if x.kind == "background")
+    assert unedited_region(background, 64).mean() < 0.5  # only the objects' boxes are kept
+    with pytest.raises(ValueError, match="differ in size"):
+        recon_psnr(target[:32], source, region)
+
+
+def test_summary_and_records(edits):
+    results = [score_edit(render(e.target, 64), e) for e in edits[:7]]
+    results.append(score_edit(render(edits[0].source, 64), edits[0]))
+    summary = summarize_edits(results)
+    assert summary["overall"]["n"] == 8 and summary["overall"]["edit_score"] == pytest.approx(7 / 8)
+    assert summary["add"]["edit_score"] == 0.5 and summary["remove"]["edit_score"] == 1.0
+    assert summary["remove"]["recon_psnr"] == 100.0  # exact copies count as 100 dB
+    records = edit_records(32, n=3, seed=1)
+    assert records[0]["source"].size == (32, 32) and records[0]["instruction"].startswith("add")
