@@ -116,7 +116,14 @@ def test_clip_dataset_refuses_bad_frame_counts_and_tasks():
     with pytest.raises(ValueError, match=r"1 \+ 4k"):
         ClipDataset(records, "t2i", SIZE, frames=6)
     with pytest.raises(ValueError, match="unknown task"):
-        ClipDataset(records, "instruction", SIZE, frames=FRAMES)
+        ClipDataset(records, "edit", SIZE, frames=FRAMES)
+    with pytest.raises(ValueError, match="needs clip records with a 'qa' list"):
+        ClipDataset([{k: v for k, v in r.items() if k != "qa"} for r in records], "instruction", SIZE, frames=FRAMES)
+    questions = ClipDataset(records, "instruction", SIZE, frames=FRAMES)  # one item per QA pair
+    assert len(questions) == sum(len(r["qa"]) for r in records)
+    first = records[0]["qa"][0]
+    assert questions[0]["kind"] == "und" and questions[0]["target"] == str(first["answer"])
+    assert questions[0]["image"].shape == (3, FRAMES, SIZE, SIZE)
     with pytest.raises(ValueError, match="lacks 'video'"):
         ClipDataset([{"caption": "x", "image": "a.png"}], "t2i", SIZE, frames=FRAMES)
 

@@ -7,7 +7,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from torch import nn
 
 from hydra_umm.config import ConfigError, apply_overrides, from_dict
-from hydra_umm.data.datasets import TASKS, RecordDataset, shapes_records
+from hydra_umm.data.datasets import IMAGE_TASKS, RecordDataset, shapes_records
 from hydra_umm.data.mixture import BatchStream, MixtureDataset, TaskMixture, mixture_stream
 from hydra_umm.train.checkpoint import checkpoints
 from hydra_umm.train.config import LearningRates, TrainConfig
@@ -182,7 +182,7 @@ class Brightness(nn.Module):
 
 def test_a_shapes_mixture_run_resumes_exactly(tmp_path):
     records = shapes_records(16, n=12, seed=0)
-    sources = {task: RecordDataset(records, task, 16) for task in TASKS}
+    sources = {task: RecordDataset(records, task, 16) for task in IMAGE_TASKS}
 
     def run(out_dir, until=None):
         cfg = TrainConfig(out_dir=str(out_dir), steps=6, warmup=1, log_every=3, ckpt_every=0, num_workers=0)

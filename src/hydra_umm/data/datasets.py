@@ -37,7 +37,11 @@ from hydra_umm.data.transforms import IMAGE_EXTENSIONS, ImageTransform
 
 log = logging.getLogger(__name__)
 
-TASKS = ("instruction", "caption", "t2i")
+# The mixture's tasks. The first three are HYDRA's image tasks (``train.ratios`` of an image model
+# gives them in this order); the rest are HYDRA-X's: text alone, clips and edits.
+TASKS = ("instruction", "caption", "t2i", "text", "video_caption", "video_instruction", "video_t2i", "edit")
+IMAGE_TASKS = TASKS[:3]
+RECORD_TASKS = ("instruction", "caption", "t2i", "text")  # what image-caption(-QA) records give
 DESCRIBE = "Describe the image."
 IMAGE_TOKEN = "<image>"  # LLaVA's placeholder for the image inside the first human turn
 
@@ -95,10 +99,18 @@ def question_prompt(qa: dict) -> str:
 
 
 def caption_item(image, caption: str, task: str) -> dict:
-    """The item of an image-caption pair for the task "caption" or "t2i"."""
+    """The item of an image-caption pair (or a clip and its caption) for the task "caption", "t2i" or
+    "text" (the caption alone, as language-model data)."""
     if task == "caption":
         return {"kind": "und", "image": image, "prompt": DESCRIBE, "target": caption}
+    if task == "text":
+        return {"kind": "text", "image": None, "prompt": "", "target": caption}
     return {"kind": "gen", "image": image, "prompt": caption, "target": ""}
+
+
+def qa_item(image, qa: dict) -> dict:
+    """The understanding item of one QA pair about an image or a clip."""
+    return {"kind": "und", "image": image, "prompt": question_prompt(qa), "target": str(qa["answer"])}
 
 
 class ImageItemDataset(Dataset, abc.ABC):
@@ -131,11 +143,11 @@ class ImageItemDataset(Dataset, abc.ABC):
 class RecordDataset(ImageItemDataset):
     """Image-caption(-QA) records as written by :func:`hydra_umm.data.manifest.write_manifest`
     (``image`` a path or an in-memory PIL image). The task "instruction" makes one item per QA
-    pair (multiple-choice questions list their choices after the question)."""
+    pair (multiple-choice questions list their choices after the question); "text" the caption alone."""
 
     def __init__(self, records: Sequence[dict], task: str, image_size: int):
         super().__init__(image_size)
-        check_task(task, TASKS)
+        check_task(task, RECORD_TASKS)
         for i, r in enumerate(records):
             if "image" not in r or "caption" not in r:
                 raise ValueError(f"record {i} lacks 'image' or 'caption': keys {sorted(r)}")
@@ -177,11 +189,35 @@ class RecordDataset(ImageItemDataset):
     def item(self, index: int) -> dict:
         i, j = self.index[index]
         record = self.records[i]
+        if self.task == "text":
+            return caption_item(None, record["caption"], "text")
         image = self.transform(load_image(record["image"]))
         if self.task != "instruction":
             return caption_item(image, record["caption"], self.task)
-        qa = record["qa"][j]
-        return {"kind": "und", "image": image, "prompt": question_prompt(qa), "target": str(qa["answer"])}
+        return qa_item(image, record["qa"][j])
+
+
+class EditDataset(ImageItemDataset):
+    """Edit records ``{"source", "target"}`` (paths or in-memory PIL images) and ``instruction``, as
+    "edit" items (``image`` the target, ``source`` the source)."""
+
+    def __init__(self, records: Sequence[dict], image_size: int):
+        super().__init__(image_size)
+        for i, r in enumerate(records):
+            missing = [k for k in ("source", "target", "instruction") if k not in r]
+            if missing:
+                raise ValueError(f"edit record {i} lacks {missing}: keys {sorted(r)}")
+        if not records:
+            raise ValueError("no edit records")
+        self.records = list(records)
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def item(self, index: int) -> dict:
+        r = self.records[index]
+        return {"kind": "edit", "source": self.transform(load_image(r["source"])),
+                "image": self.transform(load_image(r["target"])), "prompt": r["instruction"], "target": ""}
 
 
 def shapes_records(image_size: int, n: int = 1000, seed: int = 0, split: str = "train") -> list[dict]:
@@ -295,23 +331,26 @@ class ShardDataset(IterableDataset):
 
 
 def collate_items(items: Sequence[dict]) -> dict:
-    """Items -> a batch: ``image`` (B, 3, S, S) with zeros where an item has none, ``has_image``
-    (B,) bool, and lists of ``kind``, ``prompt`` and ``target``."""
+    """Items -> a batch: ``image`` (B, ...) stacked with zeros where an item has none when every
+    image has one shape, else a list (None where an item has none: images with clips), ``has_image``
+    (B,) bool, lists of ``kind``, ``prompt`` and ``target``, and for edits ``source`` (a list, None
+    for the other items)."""
     if not items:
         raise ValueError("cannot collate an empty batch")
     shapes = {tuple(it["image"].shape) for it in items if it["image"] is not None}
-    if len(shapes) > 1:
-        raise ValueError(f"images of different shapes in one batch: {sorted(shapes)}")
     has_image = torch.tensor([it["image"] is not None for it in items])
-    if shapes:
+    if len(shapes) == 1:
         (shape,) = shapes
         image = torch.stack([it["image"] if it["image"] is not None else torch.zeros(shape) for it in items])
     else:
-        image = None
-    return {
+        image = [it["image"] for it in items] if shapes else None
+    batch = {
         "kind": [it["kind"] for it in items],
         "image": image,
         "has_image": has_image,
         "prompt": [it["prompt"] for it in items],
         "target": [it["target"] for it in items],
     }
+    if any("source" in it for it in items):
+        batch["source"] = [it.get("source") for it in items]
+    return batch

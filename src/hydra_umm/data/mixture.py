@@ -1,5 +1,6 @@
 """The data mixture: task types drawn by ratio (instruction understanding : caption understanding :
-text-to-image), deterministic under a seed, across DataLoader workers and across ranks.
+text-to-image, and HYDRA-X's text, clip and edit tasks), deterministic under a seed, across
+DataLoader workers and across ranks.
 
 The training stream is indexed by a global sample index i = 0, 1, 2, ... Everything about sample i
 is a pure function of (seed, i), so any worker on any rank computes the same thing:
@@ -28,7 +29,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler
 
-from hydra_umm.data.datasets import TASKS, collate_items
+from hydra_umm.data.datasets import IMAGE_TASKS, TASKS, collate_items
 
 
 class TaskMixture:
@@ -36,9 +37,10 @@ class TaskMixture:
 
     def __init__(self, ratios: Mapping[str, float] | Sequence[float], seed: int, block: int = 1000, group: int = 1):
         if not isinstance(ratios, Mapping):
-            if len(ratios) != len(TASKS):
-                raise ValueError(f"ratios must give {len(TASKS)} numbers for {TASKS}, got {list(ratios)}")
-            ratios = dict(zip(TASKS, ratios))
+            if len(ratios) != len(IMAGE_TASKS):
+                raise ValueError(f"ratios must give {len(IMAGE_TASKS)} numbers for {IMAGE_TASKS} (or map tasks of "
+                                 f"{TASKS} to ratios), got {list(ratios)}")
+            ratios = dict(zip(IMAGE_TASKS, ratios))
         unknown = set(ratios) - set(TASKS)
         if unknown:
             raise ValueError(f"unknown task(s) {sorted(unknown)} in the mixture; tasks are {TASKS}")

@@ -20,14 +20,14 @@ import numpy as np
 import torch
 from PIL import Image
 
-from hydra_umm.data.datasets import ImageItemDataset, UnreadableImage, check_task, caption_item, load_image
+from hydra_umm.data.datasets import ImageItemDataset, UnreadableImage, caption_item, check_task, load_image, qa_item
 from hydra_umm.data.manifest import read_manifest
 from hydra_umm.data.transforms import IMAGE_EXTENSIONS, resize_crop, to_pil, to_tensor
 
 VIDEO_EXTENSIONS = (".mp4", ".webm", ".mkv", ".avi", ".mov")
 FPS = 8
 CRF = 12  # H.264 quality: 0 is lossless, 23 is x264's default; lower is better and larger
-CLIP_TASKS = ("caption", "t2i")
+CLIP_TASKS = ("caption", "t2i", "instruction")
 
 
 def check_frame_count(frames: int) -> None:
@@ -151,7 +151,7 @@ def load_clips(source: str | Path, frames: int, size: int | None = None, limit: 
 class ClipDataset(ImageItemDataset):
     """Clip records as items of the image data sets (``data.datasets``), with ``image`` a clip
     (3, frames, S, S) in [-1, 1] (``collate_items`` stacks them to (B, 3, frames, S, S)); tasks
-    "caption" and "t2i". Longer clips are cut to their first ``frames`` frames; a clip that cannot
+    "caption", "t2i" and "instruction" (one item per QA pair). Longer clips are cut to their first ``frames`` frames; a clip that cannot
     be decoded, or has fewer frames, is skipped and counted in ``skips``."""
 
     def __init__(self, records: Sequence[dict], task: str, image_size: int, frames: int):
@@ -164,6 +164,12 @@ class ClipDataset(ImageItemDataset):
         if not records:
             raise ValueError("no clip records")
         self.records, self.task, self.frames = list(records), task, frames
+        if task == "instruction":  # one item per QA pair
+            self.index = [(i, j) for i, r in enumerate(self.records) for j in range(len(r.get("qa", [])))]
+            if not self.index:
+                raise ValueError("task 'instruction' needs clip records with a 'qa' list; none has one")
+        else:
+            self.index = [(i, -1) for i in range(len(self.records))]
 
     @classmethod
     def from_manifest(cls, path: Union[str, Path], task: str, image_size: int, frames: int,
@@ -180,14 +186,16 @@ class ClipDataset(ImageItemDataset):
         return cls(records, task, image_size, frames)
 
     def __len__(self) -> int:
-        return len(self.records)
+        return len(self.index)
 
     def item(self, index: int) -> dict:
-        record = self.records[index]
+        i, j = self.index[index]
+        record = self.records[i]
         video = record["video"]
         frames = read_frames(video) if isinstance(video, (str, Path)) else list(video)
         if len(frames) < self.frames:
             raise UnreadableImage(str(video) if isinstance(video, (str, Path)) else f"record {index}",
                                   f"{len(frames)} frames, fewer than the {self.frames} asked for")
         clip = torch.stack([self.transform(f) for f in frames[: self.frames]], dim=1)  # (3, F, S, S)
-        return caption_item(clip, record["caption"], self.task)
+        return qa_item(clip, record["qa"][j]) if self.task == "instruction" else caption_item(clip, record["caption"],
+                                                                                             self.task)

@@ -107,12 +107,17 @@ class HydraBatch:
         return torch.tensor([b.generated for b in self.blocks if b.form == "image"], dtype=torch.bool)
 
 
-def load_tokenizer(directory: str | Path) -> HydraTok:
-    """A saved HYDRA-TOK, or HYDRA-XTok when its config names the ``xtok`` section."""
+def tokenizer_class(directory: str | Path) -> type[HydraTok]:
+    """The class of a saved tokenizer: HYDRA-XTok when its config has the ``xtok`` section, else HYDRA-TOK."""
     config = Path(directory) / CONFIG_FILE
     if not config.is_file():
         raise FileNotFoundError(f"not a saved tokenizer: {config} is missing")
-    return (HydraXTok if "xtok" in json.loads(config.read_text()) else HydraTok).from_pretrained(directory)
+    return HydraXTok if "xtok" in json.loads(config.read_text()) else HydraTok
+
+
+def load_tokenizer(directory: str | Path) -> HydraTok:
+    """A saved HYDRA-TOK or HYDRA-XTok."""
+    return tokenizer_class(directory).from_pretrained(directory)
 
 
 def latent_frames(block: VisualBlock) -> int:

@@ -46,8 +46,10 @@ class TrainConfig:
     weight_decay: float = 0.05  # not applied to biases and norm weights (1-D parameters)
     betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
     grad_clip: float = 1.0  # max global gradient norm; 0 disables clipping
-    # instruction : caption : t2i; None = the stage's own (hydra_umm.train.recipes.STAGE_RATIOS)
+    # instruction : caption : t2i; HYDRA-X: text : caption : t2i : video caption : video instruction :
+    # instruction : edit [: video t2i]; None = the stage's own (hydra_umm.train.recipes.stage_ratios)
     ratios: Union[list[float], None] = None
+    clip_frames: int = 17  # frames of a training clip (1 + 4k; longer clips are cut, shorter skipped)
     mixture_block: int = 1000  # samples (batches with task_per_batch) per block of exact ratios (data.mixture)
     task_per_batch: bool = False  # every batch of one task (Harmon's code), not a task drawn per sample
     log_every: int = 10

@@ -26,7 +26,8 @@ from torch import nn
 from torch.utils.data import ConcatDataset, Dataset
 
 from hydra_umm.config import Config, to_dict
-from hydra_umm.data.datasets import TASKS, ConversationDataset, RecordDataset, ShardDataset, shapes_records
+from hydra_umm.data.datasets import (IMAGE_TASKS, RECORD_TASKS, ConversationDataset, RecordDataset, ShardDataset,
+                                     shapes_records)
 from hydra_umm.data.manifest import read_manifest
 from hydra_umm.data.mixture import MixtureDataset, TaskMixture, mixture_stream, shard_stream
 from hydra_umm.data.transforms import ImageTransform
@@ -39,6 +40,14 @@ log = logging.getLogger(__name__)
 
 # Data ratios instruction : caption : text-to-image per HYDRA stage (the paper's Tab. 6 pattern).
 STAGE_RATIOS = {"I": [0.0, 1.0, 3.0], "II": [0.0, 2.0, 2.0], "III": [1.0, 2.0, 2.0]}
+# HYDRA-X's ratios in the paper's Tab. 8 order, text : image-caption : image-generation :
+# video-caption : video-instruction : image-instruction : edit, then video generation (ours: an
+# eighth number, 0 when left out). Stage II is the paper's 0:2:6:1:1:0:0; I and III are ours.
+X_RATIO_TASKS = ("text", "caption", "t2i", "video_caption", "video_instruction", "instruction", "edit", "video_t2i")
+X_STAGE_RATIOS = {"I": [0.0, 1.0, 3.0, 1.0, 0.0, 0.0, 1.0, 1.0], "II": [0.0, 2.0, 6.0, 1.0, 1.0, 0.0, 0.0, 1.0],
+                  "III": [1.0, 2.0, 2.0, 1.0, 1.0, 1.0, 2.0, 1.0]}
+CLIP_TASKS = {"video_caption": "caption", "video_instruction": "instruction", "video_t2i": "t2i"}  # -> ClipDataset's
+SHAPES_DEFAULT_CLIPS, SHAPES_DEFAULT_EDITS = 400, 1000
 TOKENIZER_STAGES = ("1", "2")
 SHAPES_DEFAULT_SCENES = 2000
 
@@ -53,50 +62,94 @@ def _split_records(records: list[dict], split: str) -> list[dict]:
     return records if split == "train" else []
 
 
-def open_sources(data: str, tasks: Sequence[str], image_size: int, seed: int, split: str = "train") -> dict[str, Dataset]:
+def stage_ratios(cfg: Config) -> dict[str, float]:
+    """The mixture of a HYDRA (or HYDRA-X) stage: ``train.ratios`` or the stage's default, as task -> ratio.
+    HYDRA takes 3 numbers (instruction : caption : t2i), HYDRA-X 7 in the paper's Tab. 8 order or 8
+    (video generation last)."""
+    given = cfg.train.ratios
+    if cfg.umm.xtok:
+        ratios = list(given or X_STAGE_RATIOS[cfg.stage])
+        if len(ratios) not in (7, 8):
+            raise ValueError(f"HYDRA-X's train.ratios give 7 or 8 numbers for {' : '.join(X_RATIO_TASKS)} "
+                             f"(the 8th optional), got {ratios}")
+        return dict(zip(X_RATIO_TASKS, ratios + [0.0] * (8 - len(ratios))))
+    ratios = list(given or STAGE_RATIOS[cfg.stage])
+    if len(ratios) != len(IMAGE_TASKS):
+        raise ValueError(f"train.ratios give {len(IMAGE_TASKS)} numbers for {' : '.join(IMAGE_TASKS)}, got {ratios}"
+                         " (HYDRA-X's video and edit tasks need umm.xtok=true)")
+    return dict(zip(IMAGE_TASKS, ratios))
+
+
+def open_sources(data: str, tasks: Sequence[str], image_size: int, seed: int, split: str = "train",
+                 frames: int = 17) -> dict[str, Dataset]:
     """Map-style datasets per task from ``data``, comma-separated specs:
 
-    ``shapes`` or ``shapes:N`` (the shapes world in memory, N scenes), a ``.jsonl`` manifest, an
-    image folder (captions from ``.txt`` files beside the images), a LLaVA ``.json`` (instruction
-    data only; images relative to its folder). Several sources of one task are concatenated.
-    Tasks a source cannot give (instruction without QA pairs) are left to the other sources.
+    ``shapes`` or ``shapes:N`` (the shapes world in memory, N scenes), ``shapes-clips[:N]`` (N clips
+    of the shapes world in motion, in memory), ``shapes-edits[:N]`` (N shapes-world edits per split),
+    a ``.jsonl`` manifest (of images, or of clips when its records have ``video``), an image folder
+    (captions from ``.txt`` files beside the images), a LLaVA ``.json`` (instruction data only;
+    images relative to its folder). Clips have ``frames`` frames (longer ones are cut). Several
+    sources of one task are concatenated. Tasks a source cannot give are left to the other sources.
     """
+    from hydra_umm.data.datasets import EditDataset
+    from hydra_umm.data.shapes.edits import edit_records
+    from hydra_umm.data.shapes.motion import clip_records
+    from hydra_umm.data.video import ClipDataset
+
     if not data:
         raise ValueError("no training data: set data=<manifest.jsonl|folder|llava.json|shapes[:N]>")
     found: dict[str, list[Dataset]] = {t: [] for t in tasks}
+
+    def add_clips(make: Callable[[str], Dataset]) -> None:
+        for task in tasks:
+            if task in CLIP_TASKS:
+                found[task].append(make(CLIP_TASKS[task]))
+
     for spec in (s.strip() for s in data.split(",") if s.strip()):
-        if spec == "shapes" or spec.startswith("shapes:"):
-            n = int(spec.partition(":")[2] or SHAPES_DEFAULT_SCENES)
-            records = shapes_records(image_size, n=n, seed=seed, split=split)
+        name, _, count = spec.partition(":")
+        if name == "shapes-clips":
+            clips = clip_records(image_size, n=int(count or SHAPES_DEFAULT_CLIPS), frames=frames, seed=seed, split=split)
+            add_clips(lambda task: ClipDataset(clips, task, image_size, frames))
+            continue
+        if name == "shapes-edits":
+            if "edit" in tasks:
+                edits = edit_records(image_size, int(count or SHAPES_DEFAULT_EDITS), seed=seed, split=split)
+                found["edit"].append(EditDataset(edits, image_size))
+            continue
+        if name == "shapes":
+            records = shapes_records(image_size, n=int(count or SHAPES_DEFAULT_SCENES), seed=seed, split=split)
         elif spec.endswith(".json"):
             if "instruction" in tasks and split == "train":
                 found["instruction"].append(ConversationDataset(spec, Path(spec).parent, image_size))
             continue
         elif spec.endswith(".jsonl"):
             records = _split_records(read_manifest(spec), split)
+            if any("video" in r for r in records):
+                add_clips(lambda task: ClipDataset.from_manifest(spec, task, image_size, frames, split))
         elif Path(spec).is_dir():
             if split != "train":
                 continue
             records = RecordDataset.from_folder(spec, "t2i", image_size).records
         else:
-            raise ValueError(f"data source {spec!r}: not a .jsonl manifest, folder, LLaVA .json or shapes[:N]"
-                             " (webdataset shards: tokenizer training only, data=<shard pattern .tar>)")
+            raise ValueError(f"data source {spec!r}: not a .jsonl manifest, folder, LLaVA .json, shapes[:N], "
+                             "shapes-clips[:N] or shapes-edits[:N] (webdataset shards: tokenizer training only, "
+                             "data=<shard pattern .tar>)")
         for task in tasks:
-            if records and (task != "instruction" or any(r.get("qa") for r in records)):
+            if task in RECORD_TASKS and records and (task != "instruction" or any(r.get("qa") for r in records)):
                 found[task].append(RecordDataset(records, task, image_size))
     return {t: ds[0] if len(ds) == 1 else ConcatDataset(ds) for t, ds in found.items() if ds}
 
 
-def _stream(cfg: Config, ratios: Sequence[float], image_size: int, env: DistEnv):
+def _stream(cfg: Config, ratios: Mapping[str, float], image_size: int, env: DistEnv):
     """The resumable training batch stream of this rank, and the mixture (for its skip count)."""
     train = cfg.train
     if ".tar" in cfg.data:  # webdataset shards: one image-caption stream (tokenizer data)
         dataset = ShardDataset(cfg.data, "t2i", image_size)
         return shard_stream(dataset, train.batch_size, train.num_workers), dataset
-    tasks = [t for t, r in zip(TASKS, ratios) if r > 0]
-    sources = open_sources(cfg.data, tasks, image_size, cfg.seed)
+    tasks = [t for t, r in ratios.items() if r > 0]
+    sources = open_sources(cfg.data, tasks, image_size, cfg.seed, frames=train.clip_frames)
     group = train.batch_size if train.task_per_batch else 1
-    mixture = MixtureDataset(sources, TaskMixture(list(ratios), seed=cfg.seed, block=train.mixture_block, group=group))
+    mixture = MixtureDataset(sources, TaskMixture(ratios, seed=cfg.seed, block=train.mixture_block, group=group))
     return mixture_stream(mixture, train.batch_size, env.rank, env.world_size, train.num_workers), mixture
 
 
@@ -104,7 +157,7 @@ def _validation_batches(cfg: Config, tasks: Sequence[str], image_size: int, coun
     """A few fixed validation batches (item lists) from the "val" split, or none when there is none."""
     if ".tar" in cfg.data:
         return []
-    sources = open_sources(cfg.data, tasks, image_size, cfg.seed, split="val")
+    sources = open_sources(cfg.data, tasks, image_size, cfg.seed, split="val", frames=cfg.train.clip_frames)
     items = [sources[t][i] for t in tasks if t in sources for i in range(min(count, len(sources[t])))]
     size = cfg.train.batch_size
     return [items[i : i + size] for i in range(0, len(items), size)]
@@ -201,14 +254,14 @@ def train_tokenizer(cfg: Config) -> Path:
     tok.to(env.device)
     size = tok.cfg.image_size
     if stage == 2:  # the encoder is final: record its latent statistics (HYDRA's flow works on standardised z)
-        batches, _ = _stream(cfg, [0, 0, 1], size, env)
+        batches, _ = _stream(cfg, {"t2i": 1.0}, size, env)
         count = -(-cfg.train.latent_stats_images // cfg.train.batch_size)
         tok.record_latent_stats(batch["image"].to(env.device) for _, batch in zip(range(count), batches))
     if cfg.train.activation_checkpointing:
         checkpoint_activations(tok, (Block,))
     objective = data_parallel(TokenizerObjective(tok, stage), env)
     optimizer, scheduler = build_optimizer(components, cfg.train, tok)
-    data, mixture = _stream(cfg, [0, 0, 1], size, env)
+    data, mixture = _stream(cfg, {"t2i": 1.0}, size, env)
     val = _validation_batches(cfg, ["t2i"], size, count=cfg.train.batch_size)
     out_dir = Path(cfg.train.out_dir)
 
@@ -223,15 +276,17 @@ def train_tokenizer(cfg: Config) -> Path:
 
 
 def _text_corpus(cfg: Config, image_size: int) -> list[str]:
-    """Texts to train a tiny text tokenizer on: the captions, questions and answers of the data."""
-    sources = open_sources(cfg.data, ["caption", "instruction"], image_size, cfg.seed)
+    """Texts to train a tiny text tokenizer on: the captions, questions, answers and edit instructions
+    of the data (of images, and with HYDRA-X of clips and edits)."""
+    tasks = ["caption", "instruction"] + (["video_instruction", "edit"] if cfg.umm.xtok else [])
+    sources = open_sources(cfg.data, tasks, image_size, cfg.seed, frames=cfg.train.clip_frames)
     texts = []
     for dataset in sources.values():
         parts = dataset.datasets if isinstance(dataset, ConcatDataset) else [dataset]
         for part in parts:
             for record in getattr(part, "records", []):
                 if isinstance(record, dict):
-                    texts.append(record.get("caption", ""))
+                    texts += [record.get("caption", ""), record.get("instruction", "")]
                     texts += [q["question"] + " " + str(q["answer"]) for q in record.get("qa", [])]
                 else:  # a conversation: (image, turns)
                     texts += record[1]
@@ -240,10 +295,11 @@ def _text_corpus(cfg: Config, image_size: int) -> list[str]:
 
 def train_umm(cfg: Config) -> Path:
     """Train HYDRA for ``cfg.stage`` ("I", "II", "III"); returns the saved model directory.
-    Stage I builds the model from ``umm.tokenizer_path`` (a trained HydraTok) and the LLM
-    (``llm.path`` or a fresh tiny one); later stages continue from ``cfg.init``."""
+    Stage I builds the model from ``umm.tokenizer_path`` (a trained HydraTok, or a HydraXTok for
+    HYDRA-X with its clip and edit tasks) and the LLM (``llm.path`` or a fresh tiny one); later
+    stages continue from ``cfg.init``."""
     from hydra_umm.inference import HydraPipeline
-    from hydra_umm.models.hydra import HydraModel
+    from hydra_umm.models.hydra import HydraModel, HydraXTok, tokenizer_class
     from hydra_umm.models.text_tokenizer import build_text_tokenizer
 
     _check_stage(cfg.stage, tuple(STAGE_RATIOS), "HYDRA")
@@ -253,17 +309,20 @@ def train_umm(cfg: Config) -> Path:
         model = HydraModel.from_pretrained(cfg.init)
     else:
         if not cfg.umm.tokenizer_path:
-            raise ValueError("HYDRA stage I needs a trained tokenizer: set umm.tokenizer_path=<HydraTok directory>")
+            raise ValueError("HYDRA stage I needs a trained tokenizer: set umm.tokenizer_path=<HydraTok or HydraXTok "
+                             "directory>")
+        cfg.umm.xtok = tokenizer_class(cfg.umm.tokenizer_path) is HydraXTok  # the tokenizer decides: HYDRA or HYDRA-X
         texts = [] if cfg.llm.path else _text_corpus(cfg, cfg.tokenizer.image_size)
         model = HydraModel(cfg, build_text_tokenizer(cfg.llm, texts))
+    cfg.umm.xtok = model.cfg.umm.xtok
     model.set_stage(cfg.stage)
     model.to(env.device)
     if cfg.train.activation_checkpointing:
         checkpoint_activations(model, (Block, type(model.llm.model.layers[0])))
-    ratios = cfg.train.ratios or STAGE_RATIOS[cfg.stage]
+    ratios = stage_ratios(cfg)
     size = model.tokenizer.cfg.image_size
     data, mixture = _stream(cfg, ratios, size, env)
-    tasks = [t for t, r in zip(TASKS, ratios) if r > 0]
+    tasks = [t for t, r in ratios.items() if r > 0]
     val = _validation_batches(cfg, tasks, size, count=2)
     if env.world_size > 1:
         shard(model, list(model.llm.model.layers), bf16=cfg.train.bf16 and env.device.type == "cuda")
@@ -318,7 +377,7 @@ def train_harmon(cfg: Config) -> Path:
         components = {"encoder": [*vae.encoder.parameters(), *vae.quant_conv.parameters()],
                       "decoder": [*vae.decoder.parameters(), *vae.post_quant_conv.parameters()]}
         optimizer, scheduler = build_optimizer(components, cfg.train, vae)
-        data, mixture = _stream(cfg, [0, 0, 1], size, env)
+        data, mixture = _stream(cfg, {"t2i": 1.0}, size, env)
         val = _validation_batches(cfg, ["t2i"], size, count=cfg.train.batch_size)
 
         def reconstruct(step: int) -> None:
@@ -341,9 +400,9 @@ def train_harmon(cfg: Config) -> Path:
     model.to(env.device)
     if cfg.train.activation_checkpointing:
         checkpoint_activations(model, (Block, type(model.llm.model.layers[0])))
-    ratios = cfg.train.ratios or HARMON_RATIOS
+    ratios = dict(zip(IMAGE_TASKS, cfg.train.ratios or HARMON_RATIOS))
     data, mixture = _stream(cfg, ratios, size, env)
-    val = _validation_batches(cfg, [t for t, r in zip(TASKS, ratios) if r > 0], size, count=2)
+    val = _validation_batches(cfg, [t for t, r in ratios.items() if r > 0], size, count=2)
     optimizer, scheduler = build_optimizer(model.param_groups(), cfg.train, model)
     for group in optimizer.param_groups:
         if group["name"].startswith("vision_head"):
@@ -470,7 +529,7 @@ def train_xtok(cfg: Config) -> Path:
         raise ValueError(f"no training clips in {manifests}")
 
     def streams() -> AlternatingStream:
-        images, image_source = _stream(cfg, [0, 0, 1], size, env)
+        images, image_source = _stream(cfg, {"t2i": 1.0}, size, env)
         clip_source = MixtureDataset({"t2i": clip_set}, TaskMixture([0, 0, 1], seed=cfg.seed, block=train.mixture_block))
         clips = mixture_stream(clip_source, train.batch_size, env.rank, env.world_size, train.num_workers)
         return AlternatingStream(images, image_source, clips, clip_source)

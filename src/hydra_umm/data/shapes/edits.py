@@ -161,16 +161,22 @@ def sample_edit(rng: np.random.Generator, kind: Optional[str] = None,
             return edit
 
 
-def sample_edits(n: int, seed: int = 0) -> list[Edit]:
-    """``n`` edits, the kinds in turn (so every kind is equally represented), seeded."""
-    rng = np.random.default_rng(seed)
+SPLITS = ("train", "val", "test")
+
+
+def sample_edits(n: int, seed: int = 0, split: str = "train") -> list[Edit]:
+    """``n`` edits of ``split`` (each split its own seeded stream), the kinds in turn so that every
+    kind is equally represented."""
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; splits: {list(SPLITS)}")
+    rng = np.random.default_rng([seed, SPLITS.index(split)])
     return [sample_edit(rng, EDIT_KINDS[i % len(EDIT_KINDS)]) for i in range(n)]
 
 
-def edit_records(image_size: int, n: int = 100, seed: int = 0) -> list[dict]:
+def edit_records(image_size: int, n: int = 100, seed: int = 0, split: str = "train") -> list[dict]:
     """Edits rendered in memory: ``{"source", "target"}`` PIL images, ``instruction`` and ``edit`` (its dict)."""
     return [{"source": render(e.source, image_size), "target": render(e.target, image_size),
-             "instruction": e.instruction, "edit": e.to_dict()} for e in sample_edits(n, seed)]
+             "instruction": e.instruction, "edit": e.to_dict()} for e in sample_edits(n, seed, split)]
 
 
 # ------------------------------------------------------------------------------------- scoring
