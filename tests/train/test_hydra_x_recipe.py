@@ -54,10 +54,10 @@ def test_train_umm_over_hydra_xtok_draws_every_task(tmp_path):
     torch.manual_seed(0)
     HydraXTok(cfg.tokenizer, cfg.xtok).save_pretrained(tmp_path / "xtok")
     out = tmp_path / "run"
-    main(["train", "umm", "--config", "tiny", *SMALL, DATA, "stage=III", "train.steps=3",
+    main(["train", "umm", "--config", "tiny", *SMALL, DATA, "stage=III", "train.steps=4",
           f"umm.tokenizer_path={tmp_path / 'xtok'}", f"train.out_dir={out}"])
-    drawn = {TaskMixture(stage_ratios(load_config("hydra-x-tiny", ["stage=III"])), seed=0).task(i) for i in range(18)}
-    assert {"edit", "video_caption", "video_instruction", "video_t2i", "t2i", "text"} <= drawn  # mixed batches ran
+    drawn = {TaskMixture(stage_ratios(load_config("hydra-x-tiny", ["stage=III"])), seed=0).task(i) for i in range(24)}
+    assert drawn == set(X_RATIO_TASKS)  # 4 steps of 6: every task, in mixed image, clip and edit batches
     model = HydraModel.from_pretrained(out / "model")
     assert isinstance(model.tokenizer, HydraXTok) and model.cfg.umm.xtok  # the tokenizer made it HYDRA-X
     edit_words = model.text_tokenizer("make the", add_special_tokens=False).input_ids
