@@ -36,11 +36,32 @@ class FakePipeline:
             out.append(Image.fromarray(np.clip(a, 0, 255).round().astype(np.uint8)))
         return out
 
-    def answer(self, images, questions, max_new_tokens=None, temperature=None, seed=None):
-        self.calls.append(("answer", (len(images), list(questions)),
-                           {"max_new_tokens": max_new_tokens, "temperature": temperature, "seed": seed}))
-        assert len(images) == len(questions) and all(isinstance(im, Image.Image) for im in images)
+    image_size = property(lambda self: self.size)
+
+    def answer(self, images=None, questions=(), max_new_tokens=None, temperature=None, seed=None, videos=None):
+        visuals = images if videos is None else videos
+        self.calls.append(("answer", (len(visuals), list(questions)),
+                           {"max_new_tokens": max_new_tokens, "temperature": temperature, "seed": seed,
+                            **({} if videos is None else {"videos": True})}))
+        assert len(visuals) == len(questions)
+        assert all(isinstance(im, Image.Image) for im in (images or [f for clip in videos for f in clip]))
         return [self.replies.get(q, "no idea") for q in questions]
+
+    def edit(self, images, instructions, steps=None, cfg_scale=None, image_cfg_scale=None, sampler=None, seed=0):
+        """The source with its top-left pixel coloured by (instruction, seed)."""
+        self.calls.append(("edit", (len(images), list(instructions)),
+                           {"steps": steps, "cfg_scale": cfg_scale, "image_cfg_scale": image_cfg_scale, "seed": seed}))
+        out = []
+        for image, instruction in zip(images, instructions):
+            h = zlib.crc32(f"{instruction}|{seed}".encode())
+            edited = image.convert("RGB").copy()
+            edited.putpixel((0, 0), (h & 255, (h >> 8) & 255, (h >> 16) & 255))
+            out.append(edited)
+        return out
+
+    def generate_video(self, prompts, frames=17, steps=None, cfg_scale=None, sampler=None, seed=0):
+        self.calls.append(("generate_video", (list(prompts), frames), {"seed": seed}))
+        return [self.generate([p] * frames, seed=seed) for p in prompts]
 
 
 @pytest.fixture

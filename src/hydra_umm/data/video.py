@@ -99,6 +99,13 @@ def read_frames(path: str | Path) -> list[Image.Image]:
     return frames
 
 
+def sample_frames(frames: Sequence[Image.Image], count: int) -> list[Image.Image]:
+    """``count`` frames spread evenly over a clip, first and last included (repeats when it is shorter)."""
+    if not frames:
+        raise ValueError("a clip needs at least one frame")
+    return [frames[int(i)] for i in np.linspace(0, len(frames) - 1, count).round()]
+
+
 def read_clip(path: str | Path, size: int | None = None) -> torch.Tensor:
     """A clip from a folder or video file as (3, F, H, W) in [-1, 1]; with ``size``, each frame is
     resized (shorter side) and centre-cropped to ``size`` x ``size``."""
