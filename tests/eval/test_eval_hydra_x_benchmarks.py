@@ -85,4 +85,4 @@ def test_lmms_adapter_answers_about_video_paths(tmp_path, make_fake_pipeline):
     assert replies == ["(A", "(A) the square"]
     video_call, image_call = (c for c in pipe.calls if c[0] == "answer")
     assert video_call[2].get("videos") and "videos" not in image_call[2]  # a clip and an image: two calls
-    assert sample_frames(list(range(9)), 5) == [0, 2, 4, 6, 8] and sample_frames([7, 8], 3) == [7, 8, 8]
+    assert sample_frames(list(range(9)), 5) == [0, 2, 4, 6, 8] and sample_frames([7, 8], 3) == [7, 7, 8]
