@@ -56,6 +56,15 @@ def _ablate_xtok(args: argparse.Namespace) -> None:
     print(f"ablation report written to {page}")
 
 
+def _ablate_edit(args: argparse.Namespace) -> None:
+    from hydra_umm.train.ablate import ablate_edit
+
+    page = ablate_edit(args.out, args.steps, args.tok_steps, preset=args.config, overrides=args.overrides,
+                       n_edits=args.edits, n_eval=args.eval, frames=args.frames, n_clips=args.clips,
+                       n_images=args.images)
+    print(f"ablation report written to {page}")
+
+
 # ---------------------------------------------------------------------------------- inference
 
 
@@ -295,7 +304,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_train, takes_overrides=True)
 
     ablate = sub.add_parser("ablate", help="ablation studies: train variants with one budget, write a report")
-    p = ablate.add_subparsers(dest="what", required=True).add_parser(
+    ablates = ablate.add_subparsers(dest="what", required=True)
+    p = ablates.add_parser(
         "xtok", help="HYDRA-X Table 1: full/causal/tubelet attention x single/hier compression on shapes clips",
         epilog="overrides: key=value words after the flags, applied to every variant, e.g. train.batch_size=4")
     p.add_argument("--steps", type=int, default=300, help="training steps of each variant")
@@ -305,6 +315,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--frames", type=int, default=9, help="frames per training and evaluation clip, 1 + 4k")
     p.add_argument("--images", type=int, default=500, help="still shapes scenes (all splits)")
     p.set_defaults(func=_ablate_xtok, takes_overrides=True)
+    p = ablates.add_parser(
+        "edit", help="HYDRA-X Table 3: editing with STI vs Indep at one budget on shapes edits",
+        epilog="overrides: key=value words after the flags, applied to both variants, e.g. train.batch_size=8")
+    p.add_argument("--steps", type=int, default=600, help="HYDRA-X training steps of each variant")
+    p.add_argument("--tok-steps", type=int, default=600, help="training steps of the shared HYDRA-XTok")
+    p.add_argument("--out", default="runs/ablate-edit")
+    p.add_argument("--config", default="hydra-x-tiny", help="a preset name or a YAML file")
+    p.add_argument("--edits", type=int, default=2000, help="training edits")
+    p.add_argument("--eval", type=int, default=70, help="held-out edits scored per variant")
+    p.add_argument("--clips", type=int, default=100, help="shapes clips the tokenizer trains on (all splits)")
+    p.add_argument("--frames", type=int, default=9, help="frames per tokenizer training clip, 1 + 4k")
+    p.add_argument("--images", type=int, default=500, help="still shapes scenes the tokenizer trains on")
+    p.set_defaults(func=_ablate_edit, takes_overrides=True)
 
     def model_args(p: argparse.ArgumentParser) -> None:
         p.add_argument("--model", required=True, help="a directory written by save_pretrained")

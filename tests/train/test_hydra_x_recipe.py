@@ -2,6 +2,9 @@
 sources, and `train umm` over a saved HYDRA-XTok end to end (every task drawn, the model saved as
 HYDRA-X)."""
 
+import json
+import math
+
 import pytest
 import torch
 
@@ -62,3 +65,18 @@ def test_train_umm_over_hydra_xtok_draws_every_task(tmp_path):
     assert isinstance(model.tokenizer, HydraXTok) and model.cfg.umm.xtok  # the tokenizer made it HYDRA-X
     edit_words = model.text_tokenizer("make the", add_special_tokens=False).input_ids
     assert model.text_tokenizer.unk_token_id not in edit_words  # the corpus held the edit instructions
+
+
+def test_ablate_edit_trains_and_scores_both_layouts(tmp_path, capsys):
+    main(["ablate", "edit", "--steps", "2", "--tok-steps", "2", "--out", str(tmp_path), "--edits", "14",
+          "--eval", "7", "--clips", "8", "--frames", "5", "--images", "16", "tokenizer.image_size=32",
+          "llm.vocab_size=512", "train.batch_size=4"])
+    assert f"ablation report written to {tmp_path / 'report' / 'index.html'}" in capsys.readouterr().out
+    result = json.loads((tmp_path / "ablation.json").read_text())
+    assert set(result["metrics"]) == {"edit score", "instruction followed", "rest kept", "Recon-PSNR (dB)"}
+    for table in result["metrics"].values():
+        assert list(table) == ["STI", "Indep"] and all(math.isfinite(v) and v >= 0 for v in table.values())
+    sti, indep = (HydraModel.from_pretrained(tmp_path / "runs" / layout / "model") for layout in ("sti", "indep"))
+    assert (sti.cfg.umm.edit_layout, indep.cfg.umm.edit_layout) == ("sti", "indep")
+    page = (tmp_path / "report" / "index.html").read_text()
+    assert "move" in page and page.count("<td>STI</td>") == 4

@@ -76,8 +76,11 @@ class TrainConfig:
                 raise ValueError(f"train.{name} must be >= 0, got {getattr(self, name)}")
         if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
             raise ValueError(f"train.betas must be two numbers in [0, 1), got {self.betas}")
-        if self.ratios is not None and (len(self.ratios) != 3 or min(self.ratios) < 0 or sum(self.ratios) <= 0):
-            raise ValueError(f"train.ratios must be three numbers >= 0, not all 0, got {self.ratios}")
+        if self.ratios is not None and (len(self.ratios) not in (3, 7, 8) or min(self.ratios) < 0
+                                        or sum(self.ratios) <= 0):
+            raise ValueError(f"train.ratios must be 3 numbers (HYDRA-X: 7 or 8) >= 0, not all 0, got {self.ratios}")
+        if (self.clip_frames - 1) % 4 or self.clip_frames < 1:
+            raise ValueError(f"train.clip_frames must be 1 + 4k, got {self.clip_frames}")
         if not 0 <= self.min_lr_ratio <= 1:
             raise ValueError(f"train.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
         if not self.resume:
