@@ -67,10 +67,11 @@ def test_stages_and_the_autoencoder_are_required(capsys):
 
 
 def test_task_per_batch_trains_on_batches_of_one_task():
+    from hydra_umm.data.datasets import IMAGE_TASKS
     from hydra_umm.train.distributed import DistEnv
     from hydra_umm.train.recipes import _stream
 
     cfg = load_config("harmon-finetune", ["data=shapes:24", *SMALL])  # task_per_batch, 1 caption : 4 t2i
-    data, _ = _stream(cfg, cfg.train.ratios, cfg.harmon.image_size, DistEnv())
+    data, _ = _stream(cfg, dict(zip(IMAGE_TASKS, cfg.train.ratios)), cfg.harmon.image_size, DistEnv())
     kinds = [set(next(data)["kind"]) for _ in range(10)]
     assert all(len(k) == 1 for k in kinds) and {"und"} in kinds and {"gen"} in kinds
