@@ -251,9 +251,15 @@ def _bench(args: argparse.Namespace) -> None:
 
 
 def _demo(args: argparse.Namespace) -> None:
+    plan = "fast" if args.fast else "full"
+    if args.video or args.edit:
+        from hydra_umm.demo_x import run_demo_x
+
+        run_demo_x(out=args.out, plan=plan, video=args.video, edit=args.edit)
+        return
     from hydra_umm.demo import run_demo
 
-    run_demo(out=args.out, plan="fast" if args.fast else "full", ablation=args.ablation)
+    run_demo(out=args.out, plan=plan, ablation=args.ablation)
 
 
 def _compare(args: argparse.Namespace) -> None:
@@ -431,6 +437,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fast", action="store_true", help="a smaller, quicker version")
     p.add_argument("--ablation", action="store_true",
                    help="also train HYDRA on generation only and on understanding only with the same budget")
+    p.add_argument("--video", action="store_true",
+                   help="the HYDRA-X demo instead (in <out>/x): a model that also answers about and generates clips")
+    p.add_argument("--edit", action="store_true",
+                   help="the HYDRA-X demo instead (in <out>/x): a model that also edits images (with --video: both)")
     p.set_defaults(func=_demo)
 
     p = sub.add_parser("compare", help="train HYDRA and Harmon on one budget and report them side by side")

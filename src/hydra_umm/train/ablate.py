@@ -36,7 +36,7 @@ from hydra_umm.data.video import load_clips
 from hydra_umm.eval.reconstruction import evaluate_clip_reconstruction
 from hydra_umm.eval.report import ReportContent, write_report
 from hydra_umm.models.hydra_xtok import HydraXTok
-from hydra_umm.train.recipes import train_xtok
+from hydra_umm.train.recipes import train_xtok, train_xtok_stages
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +113,7 @@ def ablate_edit(out: str | Path, steps: int, tok_steps: int, preset: str = "hydr
                 n_clips: int = 100, n_images: int = 500) -> Path:
     """HYDRA-X's Table 3 on the shapes world: editing with source-target interaction (STI) against
     Indep at one budget. One HYDRA-XTok is trained for ``tok_steps`` (stage 1 on still scenes and
-    ``n_clips`` clips, then its latent statistics recorded: ``<out>/xtok``); on it HYDRA-X trains for
+    ``n_clips`` clips, then stage 3 for a quarter of that: latent statistics and Sem-ViT); on it HYDRA-X trains for
     ``steps`` on ``n_edits`` shapes edits alone (stage II, every part but Gen-ViT), once per layout,
     everything else equal; each then edits ``n_eval`` held-out edits (the kinds in turn), scored by
     edit score and Recon-PSNR. Writes ``<out>/ablation.json`` and ``<out>/report/index.html`` (the
@@ -131,17 +131,11 @@ def ablate_edit(out: str | Path, steps: int, tok_steps: int, preset: str = "hydr
     size, seed = base.tokenizer.image_size, base.seed
     defaults = ["train.log_every=10", "train.val_every=0", "train.ckpt_every=0", "train.num_workers=0",
                 "train.lr.default=1e-3"]
-    xtok_dir = out / "xtok"
-    if not (xtok_dir / "model.safetensors").is_file():
-        manifests = make_clip_dataset(out / "clips", n=n_clips, frames=frames, size=size, seed=seed)["manifests"]
-        run = ["stage=1", f"train.steps={tok_steps}", f"train.warmup={tok_steps // 10}",
-               f"data=shapes:{n_images},{manifests['train']}", f"train.out_dir={out / 'runs' / 'xtok'}"]
-        log.info("edit ablation: training HYDRA-XTok for %d steps", tok_steps)
-        tok = HydraXTok.from_pretrained(train_xtok(load_config(preset, [*defaults, *overrides, *run])))
-        transform = ImageTransform(size)
-        images = torch.stack([transform(r["image"]) for r in shapes_records(size, n_images, seed, "train")])
-        tok.record_latent_stats(images.split(64))
-        tok.save_pretrained(xtok_dir)
+    manifests = make_clip_dataset(out / "clips", n=n_clips, frames=frames, size=size, seed=seed)["manifests"]
+    log.info("edit ablation: training HYDRA-XTok (stage 1 for %d steps, stage 3 for %d)", tok_steps, tok_steps // 4)
+    tok_cfg = load_config(preset, [*defaults, *overrides, f"data=shapes:{n_images},{manifests['train']}",
+                                   f"train.out_dir={out / 'runs' / 'xtok'}"])
+    xtok_dir = train_xtok_stages(tok_cfg, {"1": tok_steps, "3": max(1, tok_steps // 4)})
 
     metrics: dict[str, dict[str, float]] = {"edit score": {}, "instruction followed": {}, "rest kept": {},
                                             "Recon-PSNR (dB)": {}}

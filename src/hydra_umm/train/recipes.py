@@ -16,6 +16,7 @@ wrapped in DDP, the LLM side sharded with FSDP2.
 
 from __future__ import annotations
 
+import copy
 import logging
 from pathlib import Path
 from typing import Callable, Mapping, Sequence
@@ -565,6 +566,22 @@ def train_xtok(cfg: Config) -> Path:
                 save_samples(torch.cat([x, recon]), out_dir / "samples" / f"{kind}_{step:07d}.png", rows=rows)
 
     return _fit(objective, tok, optimizer, scheduler, data, data, val, sample, cfg, env)
+
+
+def train_xtok_stages(cfg: Config, steps: Mapping[str, int]) -> Path:
+    """HYDRA-XTok's stages in turn, e.g. ``{"1": 600, "3": 150}`` (stage 3 records the latent
+    statistics HYDRA-X's flow needs and fits Sem-ViT to them), each run in
+    ``<cfg.train.out_dir>/stage-<s>`` and initialised from the one before (the first from
+    ``cfg.init``, if set); a finished run is reused. Returns the last model directory."""
+    previous = cfg.init
+    for stage, count in steps.items():
+        run = copy.deepcopy(cfg)
+        run.stage, run.init, run.train.steps = stage, previous, count
+        run.train.warmup = min(run.train.warmup, max(1, count // 10))
+        run.train.out_dir = str(Path(cfg.train.out_dir) / f"stage-{stage}")
+        model = Path(run.train.out_dir) / "model"
+        previous = str(model if (model / "model.safetensors").is_file() else train_xtok(run))
+    return Path(previous)
 
 
 RECIPES: dict[str, Callable[[Config], Path]] = {"tokenizer": train_tokenizer, "umm": train_umm, "harmon": train_harmon,

@@ -22,6 +22,7 @@ from typing import Any, Iterable
 from PIL import Image
 
 from hydra_umm.data.datasets import question_prompt
+from hydra_umm.data.video import read_frames
 
 ARTICLES = {"a", "an", "the"}
 
@@ -78,28 +79,39 @@ def score_answers(qas: list[dict], predictions: list[str]) -> dict:
 
 
 def evaluate_shapes_vqa(
-    pipeline: Any, records: Iterable[dict], max_new_tokens: int = 16, batch_size: int = 16, seed: int = 0
+    pipeline: Any, records: Iterable[dict], max_new_tokens: int = 16, batch_size: int = 16, seed: int = 0,
+    frames: int | None = None,
 ) -> dict:
     """Ask every question of every record, score the replies; the result also lists each reply
-    under ``"answers"`` (image, question, answer, prediction, type, correct) for the report."""
-    items = [(record["image"], qa) for record in records for qa in record.get("qa", [])]
+    under ``"answers"`` (image, question, answer, prediction, type, correct) for the report. With
+    ``frames`` the questions are about the records' clips (``video``: PIL frames or a path; their
+    first ``frames`` frames, HYDRA-X), else about their images (``image``: a path or PIL image)."""
+    items = [(record, qa) for record in records for qa in record.get("qa", [])]
     if not items:
         raise ValueError("the records hold no 'qa' items to evaluate")
+
+    def visual(record: dict) -> Any:
+        if frames is None:
+            image = record["image"]
+            return image.convert("RGB") if isinstance(image, Image.Image) else Image.open(image).convert("RGB")
+        video = record["video"]
+        return list(video if isinstance(video, list) else read_frames(video))[:frames]
+
     predictions: list[str] = []
     for start in range(0, len(items), batch_size):
         chunk = items[start : start + batch_size]
-        images = [Image.open(path).convert("RGB") for path, _ in chunk]
-        replies = pipeline.answer(
-            images, [question_prompt(qa) for _, qa in chunk], max_new_tokens=max_new_tokens, temperature=0.0, seed=seed
-        )
+        visuals = {"images" if frames is None else "videos": [visual(record) for record, _ in chunk]}
+        replies = pipeline.answer(questions=[question_prompt(qa) for _, qa in chunk], max_new_tokens=max_new_tokens,
+                                  temperature=0.0, seed=seed, **visuals)
         if len(replies) != len(chunk):
             raise ValueError(f"pipeline.answer returned {len(replies)} replies for {len(chunk)} questions")
         predictions.extend(replies)
     qas = [qa for _, qa in items]
     result = score_answers(qas, predictions)
     result["answers"] = [
-        {"image": str(path), "question": qa["question"], "answer": qa["answer"], "prediction": pred,
+        {"image": record["image"] if isinstance(record["image"], Image.Image) else str(record["image"]),
+         "question": qa["question"], "answer": qa["answer"], "prediction": pred,
          "type": qa.get("type", "untyped"), "correct": is_correct(pred, qa)}
-        for (path, qa), pred in zip(items, predictions)
+        for (record, qa), pred in zip(items, predictions)
     ]
     return result
