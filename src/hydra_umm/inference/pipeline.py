@@ -257,31 +257,6 @@ class HydraPipeline(TokenizerPipeline):
         return [tensor_to_frames(c) for c in clips]
 
     @torch.no_grad()
-    def edit_latents(
-        self,
-        images: Sequence[ImageInput],
-        instructions: list[str],
-        steps: Optional[int] = None,
-        cfg_scale: Optional[float] = None,
-        image_cfg_scale: Optional[float] = None,
-        sampler: Optional[str] = None,
-        seed: int = 0,
-        use_cache: bool = True,
-        progress: Optional[Callable[[int, int], None]] = None,
-    ) -> Tensor:
-        """(source image, instruction) pairs -> the edited images' latents (B, N, c)."""
-        self._check_video()
-        if len(images) != len(instructions) or not instructions:
-            raise ValueError(f"edit needs one image per instruction, got {len(images)} images, "
-                             f"{len(instructions)} instructions")
-        umm = self.model.cfg.umm
-        velocity = self.edit_velocity_fn(
-            list(instructions), self.model.latents(self.pixels(images)), umm.cfg_scale if cfg_scale is None else cfg_scale,
-            umm.image_cfg_scale if image_cfg_scale is None else image_cfg_scale, use_cache,
-        )
-        return self._integrate(velocity, self._latent_shape(len(images)), steps, sampler, seed, progress)
-
-    @torch.no_grad()
     def edit(
         self,
         images: Sequence[ImageInput],
@@ -297,8 +272,16 @@ class HydraPipeline(TokenizerPipeline):
         """Instruction-based editing: each source image edited as its instruction says. ``cfg_scale``
         guides by the instruction, ``image_cfg_scale`` by the source (defaults: umm.cfg_scale,
         umm.image_cfg_scale)."""
-        z = self.edit_latents(images, instructions, steps, cfg_scale, image_cfg_scale, sampler, seed, use_cache,
-                              progress)
+        self._check_video()
+        if len(images) != len(instructions) or not instructions:
+            raise ValueError(f"edit needs one image per instruction, got {len(images)} images, "
+                             f"{len(instructions)} instructions")
+        umm = self.model.cfg.umm
+        velocity = self.edit_velocity_fn(
+            list(instructions), self.model.latents(self.pixels(images)), umm.cfg_scale if cfg_scale is None else cfg_scale,
+            umm.image_cfg_scale if image_cfg_scale is None else image_cfg_scale, use_cache,
+        )
+        z = self._integrate(velocity, self._latent_shape(len(images)), steps, sampler, seed, progress)
         return to_pil(self.model.decode(z, generator=self._generator(seed + 1)))
 
     # ------------------------------------------------------------------------------ understanding
