@@ -299,17 +299,17 @@ class HydraModel(nn.Module):
             elif tuple(pixels.shape) != image_shape:
                 raise ValueError(f"sample {i}: image must be {image_shape}"
                                  f"{' (or a clip (3, 1 + T, H, W))' if video else ''}, got {tuple(pixels.shape)}")
-            block = VisualBlock("video" if is_clip else "image", pixels, kind != "und")
-            if kind == "edit":
-                source = sample.get("source")
-                if source is None or tuple(source.shape) != image_shape:
-                    shape = None if source is None else tuple(source.shape)
-                    raise ValueError(f"sample {i}: an edit needs a source image {image_shape}, got {shape}")
+            source = sample.get("source")
+            if kind == "edit" and (source is None or tuple(source.shape) != image_shape):
+                shape = None if source is None else tuple(source.shape)
+                raise ValueError(f"sample {i}: an edit needs a source image {image_shape}, got {shape}")
             if kind != "und" and caption_dropout > 0 and torch.rand((), generator=generator).item() < caption_dropout:
                 prompt = ""
-            if kind == "edit":
+            if kind == "edit":  # the source dropout is drawn after the caption's
                 keep = not (source_dropout > 0 and torch.rand((), generator=generator).item() < source_dropout)
                 block = VisualBlock("edit", torch.stack([source, pixels]), True, keep)
+            else:
+                block = VisualBlock("video" if is_clip else "image", pixels, kind == "gen")
             frames = latent_frames(block)
             if kind == "und":
                 sequences.append(self.understanding_segments(prompt, target, frames))
