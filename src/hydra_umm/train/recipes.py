@@ -86,7 +86,8 @@ def open_sources(data: str, tasks: Sequence[str], image_size: int, seed: int, sp
     """Map-style datasets per task from ``data``, comma-separated specs:
 
     ``shapes`` or ``shapes:N`` (the shapes world in memory, N scenes), ``shapes-clips[:N]`` (N clips
-    of the shapes world in motion, in memory), ``shapes-edits[:N]`` (N shapes-world edits per split),
+    of the shapes world in motion, in memory), ``shapes-edits[:N]`` (N shapes-world edits, N/10 in
+    the other splits),
     a ``.jsonl`` manifest (of images, or of clips when its records have ``video``), an image folder
     (captions from ``.txt`` files beside the images), a LLaVA ``.json`` (instruction data only;
     images relative to its folder). Clips have ``frames`` frames (longer ones are cut). Several
@@ -114,7 +115,8 @@ def open_sources(data: str, tasks: Sequence[str], image_size: int, seed: int, sp
             continue
         if name == "shapes-edits":
             if "edit" in tasks:
-                edits = edit_records(image_size, int(count or SHAPES_DEFAULT_EDITS), seed=seed, split=split)
+                n = int(count or SHAPES_DEFAULT_EDITS)
+                edits = edit_records(image_size, n if split == "train" else max(7, n // 10), seed=seed, split=split)
                 found["edit"].append(EditDataset(edits, image_size))
             continue
         if name == "shapes":
