@@ -129,8 +129,10 @@ def ablate_edit(out: str | Path, steps: int, tok_steps: int, preset: str = "hydr
     out = Path(out)
     base = load_config(preset, list(overrides))
     size, seed = base.tokenizer.image_size, base.seed
+    # as the HYDRA-X demo: no LPIPS (no VGG16 weights here; a random one costs most of a step) and no
+    # video teacher (a random one teaches nothing)
     defaults = ["train.log_every=10", "train.val_every=0", "train.ckpt_every=0", "train.num_workers=0",
-                "train.lr.default=1e-3"]
+                "train.lr.default=1e-3", "tokenizer.lambda_lpips=0", "xtok.lambda_distill_video=0"]
     manifests = make_clip_dataset(out / "clips", n=n_clips, frames=frames, size=size, seed=seed)["manifests"]
     log.info("edit ablation: training HYDRA-XTok (stage 1 for %d steps, stage 3 for %d)", tok_steps, tok_steps // 4)
     tok_cfg = load_config(preset, [*defaults, *overrides, f"data=shapes:{n_images},{manifests['train']}",
