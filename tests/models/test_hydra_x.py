@@ -11,7 +11,7 @@ from hydra_umm import flow
 from hydra_umm.config import load_config
 from hydra_umm.models.hydra import HydraModel
 from hydra_umm.models.hydra_xtok import HydraXTok
-from hydra_umm.models.llm import IGNORE
+from hydra_umm.models.llm import IGNORE, mixed_attention_mask
 from hydra_umm.models.text_tokenizer import train_text_tokenizer
 
 from square_samples import TEXTS, square
@@ -70,6 +70,14 @@ def test_clip_and_edit_layouts_match_hand_built_sequences(model):
         assert lay.input_ids[row][lay.valid[row]].tolist() == want
         visual = lay.block[row][lay.valid[row]]
         assert set(visual[visual > 0].tolist()) == {1}  # one bidirectional block per clip or pair
+    # the mask, against a slow reference: causal text, each clip / pair one bidirectional block, no padding
+    mask = mixed_attention_mask(lay.valid, lay.block)[:, 0] == 0
+    for b in range(len(samples)):
+        valid, block = lay.valid[b].tolist(), lay.block[b].tolist()
+        for q in range(len(valid)):
+            for k in range(len(valid)):
+                allowed = valid[q] and valid[k] and (k <= q or block[q] == block[k] > 0)
+                assert mask[b, q, k] == (allowed or (not valid[q] and q == k)), (b, q, k)
     assert lay.labels[0][lay.labels[0] != IGNORE].tolist() == tokens("red") + [ids["eos"]]
     assert lay.labels[1:].eq(IGNORE).all()
     assert [(b.form, b.generated) for b in batch.blocks] == [("video", False), ("video", True), ("edit", True)]
