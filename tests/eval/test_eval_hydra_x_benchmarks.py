@@ -86,3 +86,13 @@ def test_lmms_adapter_answers_about_video_paths(tmp_path, make_fake_pipeline):
     video_call, image_call = (c for c in pipe.calls if c[0] == "answer")
     assert video_call[2].get("videos") and "videos" not in image_call[2]  # a clip and an image: two calls
     assert sample_frames(list(range(9)), 5) == [0, 2, 4, 6, 8] and sample_frames([7, 8], 3) == [7, 7, 8]
+    calls = []
+
+    def loglikelihood(images, contexts, continuations, videos=None):
+        calls.append((images is None, None if videos is None else [len(v) for v in videos], continuations))
+        return [(-1.0, True)] * len(contexts)
+
+    pipe.loglikelihood = loglikelihood
+    scores = model.loglikelihood([Instance("What moves?", " (A)", visual, i, "mvbench", "test") for i in (0, 0, 1)])
+    assert scores == [(-1.0, True)] * 3
+    assert calls == [(True, [5, 5], [" (A)", " (A)"]), (False, None, [" (A)"])]  # clips together, then the image
