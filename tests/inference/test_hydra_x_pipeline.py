@@ -16,17 +16,8 @@ PROMPTS = ["a red square moves left", "make the square blue and move it to the l
 
 
 @pytest.fixture(scope="module")
-def pipe():
-    """A tiny random HYDRA-X whose zero-initialised vision-head layers are randomised, so that
-    velocities are not trivially zero."""
-    torch.manual_seed(0)
-    cfg = load_config("hydra-x-tiny", ["tokenizer.image_size=32", "umm.flow.steps=2"])
-    model = HydraModel(cfg, train_text_tokenizer(TEXTS * 4, cfg.llm.vocab_size))
-    with torch.no_grad():
-        for p in model.vision_head.parameters():
-            if not p.any():
-                p.normal_(0.0, 0.05)
-    return HydraPipeline(model)
+def pipe(random_pipeline):
+    return random_pipeline("hydra-x-tiny", ["tokenizer.image_size=32", "umm.flow.steps=2"], TEXTS)
 
 
 def noise(*shape, seed=0):

@@ -6,28 +6,15 @@ import torch
 from PIL import Image
 
 from hydra_umm import cli
-from hydra_umm.config import load_config
-from hydra_umm.inference import HydraPipeline
 from hydra_umm.data.transforms import to_pil
-from hydra_umm.models.hydra import HydraModel
-from hydra_umm.models.text_tokenizer import train_text_tokenizer
 
 TEXTS = ["a red square", "a blue circle on the left", "what colour is the square?", "red", "blue", "how many?"]
 PROMPTS = ["a red square", "a blue circle on the left of a big green triangle"]  # different lengths: padding
 
 
 @pytest.fixture(scope="module")
-def pipe():
-    """A tiny random HydraModel whose zero-initialised vision-head layers are randomised, so that
-    velocities are not trivially zero."""
-    torch.manual_seed(0)
-    cfg = load_config("tiny", ["tokenizer.image_size=32", "tokenizer.decode_steps=2", "umm.flow.steps=3"])
-    model = HydraModel(cfg, train_text_tokenizer(TEXTS * 4, cfg.llm.vocab_size))
-    with torch.no_grad():
-        for p in model.vision_head.parameters():
-            if not p.any():
-                p.normal_(0.0, 0.05)
-    return HydraPipeline(model)
+def pipe(random_pipeline):
+    return random_pipeline("tiny", ["tokenizer.image_size=32", "tokenizer.decode_steps=2", "umm.flow.steps=3"], TEXTS)
 
 
 @pytest.fixture(scope="module")
