@@ -76,11 +76,9 @@ def train_x(root: Path, plan: XPlan, video: bool, edit: bool, say=print) -> Path
     from hydra_umm.train.teacher import WEIGHTS_FILE, train_teacher
 
     size = load_config(PRESET).tokenizer.image_size
-    summary = root / "clips" / "summary.json"
-    if not summary.is_file():
+    if not (root / "clips" / "summary.json").is_file():
         say(f"[1/4] rendering {plan.clips} shapes clips of {plan.frames} frames into {root / 'clips'}")
-        make_clip_dataset(root / "clips", n=plan.clips, frames=plan.frames, size=size, seed=0)
-    clips = json.loads(summary.read_text())["manifests"]
+    clips = make_clip_dataset(root / "clips", n=plan.clips, frames=plan.frames, size=size, seed=0, reuse=True)["manifests"]
     teacher = root.parent / "teacher" / WEIGHTS_FILE  # the default demo's
     if not teacher.is_file():
         teacher = root / "teacher" / WEIGHTS_FILE

@@ -156,3 +156,15 @@ def test_load_clips_from_folders_and_manifests(made, frames, tmp_path):
     image_manifest.write_text(json.dumps({"image": "a.png", "caption": "x"}) + "\n")
     with pytest.raises(ValueError, match="not a clip manifest"):
         load_clips(image_manifest, FRAMES)
+
+
+def test_a_clip_data_set_of_the_same_settings_is_reused(tmp_path):
+    from hydra_umm.data.shapes import make_clip_dataset
+
+    first = make_clip_dataset(tmp_path, n=6, frames=FRAMES, size=SIZE, seed=2)
+    manifest = tmp_path / "train.jsonl"
+    written = manifest.stat().st_mtime_ns
+    assert make_clip_dataset(tmp_path, n=6, frames=FRAMES, size=SIZE, seed=2, reuse=True) == first
+    assert manifest.stat().st_mtime_ns == written  # nothing rendered again
+    other = make_clip_dataset(tmp_path, n=6, frames=FRAMES, size=SIZE, seed=3, reuse=True)  # another seed: rendered
+    assert other["seed"] == 3 and manifest.stat().st_mtime_ns != written

@@ -65,7 +65,8 @@ def ablate_xtok(out: str | Path, steps: int, preset: str = "xtok-tiny", override
     out = Path(out)
     base = load_config(preset, list(overrides))
     size, seed = base.tokenizer.image_size, base.seed
-    manifests = make_clip_dataset(out / "clips", n=n_clips, frames=frames, size=size, seed=seed)["manifests"]
+    manifests = make_clip_dataset(out / "clips", n=n_clips, frames=frames, size=size, seed=seed,
+                                  reuse=True)["manifests"]
     val_clips = load_clips(manifests["val"], frames)  # (n, 3, F, S, S)
     transform = ImageTransform(size)
     val_images = torch.stack([transform(r["image"]) for r in shapes_records(size, n_images, seed, "val")])
@@ -133,7 +134,8 @@ def ablate_edit(out: str | Path, steps: int, tok_steps: int, preset: str = "hydr
     # video teacher (a random one teaches nothing)
     defaults = ["train.log_every=10", "train.val_every=0", "train.ckpt_every=0", "train.num_workers=0",
                 "train.lr.default=1e-3", "tokenizer.lambda_lpips=0", "xtok.lambda_distill_video=0"]
-    manifests = make_clip_dataset(out / "clips", n=n_clips, frames=frames, size=size, seed=seed)["manifests"]
+    manifests = make_clip_dataset(out / "clips", n=n_clips, frames=frames, size=size, seed=seed,
+                                  reuse=True)["manifests"]
     log.info("edit ablation: training HYDRA-XTok (stage 1 for %d steps, stage 3 for %d)", tok_steps, tok_steps // 4)
     tok_cfg = load_config(preset, [*defaults, *overrides, f"data=shapes:{n_images},{manifests['train']}",
                                    f"train.out_dir={out / 'runs' / 'xtok'}"])

@@ -460,12 +460,13 @@ VIDEO_FORMATS = ("png", "mp4")
 
 
 def make_clip_dataset(out: str | Path, n: int = 100, frames: int = 17, size: int = 64, seed: int = 0,
-                      video_format: str = "png") -> dict:
+                      video_format: str = "png", reuse: bool = False) -> dict:
     """Render ``n`` clips of ``frames`` frames at ``size`` px into ``out`` (deterministic given
     ``seed``), with one JSONL manifest per split in the image manifests' format plus ``video`` (the
     clip: ``clips/<id>/`` of PNG frames, or ``clips/<id>.mp4``) and ``frames``; ``image`` is the
     anchor frame as a PNG, so image loaders read a clip manifest as images. Returns a summary (also
-    written to ``summary.json``)."""
+    written to ``summary.json``). ``reuse``: a data set of the same settings already in ``out`` is
+    returned as it is."""
     from hydra_umm.data.video import check_frame_count, write_clip  # video I/O needs torch; the world does not
 
     if video_format not in VIDEO_FORMATS:
@@ -474,6 +475,11 @@ def make_clip_dataset(out: str | Path, n: int = 100, frames: int = 17, size: int
     split_sizes(n)
     render(Scene(()), size)  # reject a bad size before any work
     out = Path(out)
+    if reuse and (out / "summary.json").is_file():
+        summary = json.loads((out / "summary.json").read_text())
+        settings = {"size": size, "frames": frames, "seed": seed, "format": video_format, "clips": split_sizes(n)}
+        if all(summary.get(k) == v for k, v in settings.items()):
+            return summary
     manifests = {}
     for split, clips in clip_splits(n, frames, seed).items():
         records = []
