@@ -6,7 +6,7 @@ import json
 import pytest
 
 from hydra_umm.cli import main
-from hydra_umm.demo_x import X_PLANS, XPlan, run_demo_x, stage_ratios
+from hydra_umm.demo_x import X_PLANS, XPlan, demo_ratios, run_demo_x
 from hydra_umm.train.recipes import X_RATIO_TASKS
 
 MICRO = XPlan(scenes=40, clips=12, frames=5, edits=14, teacher_steps=2, tokenizer_steps={"1": 2, "3": 1},
@@ -33,9 +33,9 @@ def test_the_hydra_x_demo_runs_every_step_and_reuses_them(tmp_path):
 
 def test_ratios_switch_tasks_off_and_plans_are_checked():
     plan = X_PLANS["full"]
-    edit_only = dict(zip(X_RATIO_TASKS, stage_ratios(plan, "I", video=False, edit=True)))
+    edit_only = dict(zip(X_RATIO_TASKS, demo_ratios(plan, "I", video=False, edit=True)))
     assert edit_only["edit"] > 0 and edit_only["video_caption"] == edit_only["video_t2i"] == 0
-    video_only = dict(zip(X_RATIO_TASKS, stage_ratios(plan, "III", video=True, edit=False)))
+    video_only = dict(zip(X_RATIO_TASKS, demo_ratios(plan, "III", video=True, edit=False)))
     assert video_only["edit"] == 0 and video_only["video_instruction"] > 0
     with pytest.raises(ValueError, match="unknown demo plan"):
         run_demo_x("unused", "huge")

@@ -63,7 +63,7 @@ def _config(plan: XPlan, run: Path, *extra: str) -> Config:
                                 f"train.clip_frames={plan.frames}", *extra])
 
 
-def stage_ratios(plan: XPlan, stage: str, video: bool, edit: bool) -> list[float]:
+def demo_ratios(plan: XPlan, stage: str, video: bool, edit: bool) -> list[float]:
     """The plan's ratios of ``stage`` with the clip tasks (without ``video``) or edits (without ``edit``) at 0."""
     off = (() if video else VIDEO_TASKS) + (() if edit else EDIT_TASKS)
     return [0.0 if i in off else float(r) for i, r in enumerate(plan.ratios[stage])]
@@ -96,7 +96,7 @@ def train_x(root: Path, plan: XPlan, video: bool, edit: bool, say=print) -> Path
         run = root / f"hydra-x-{stage}"
         if not is_done(run / "model"):
             say(f"[2/4] HYDRA-X stage {stage} ({steps} steps) in {run}")
-            ratios = ",".join(map(str, stage_ratios(plan, stage, video, edit)))
+            ratios = ",".join(map(str, demo_ratios(plan, stage, video, edit)))
             start = [f"init={previous}"] if previous else [f"umm.tokenizer_path={tokenizer}"]
             train_umm(_config(plan, run, f"data={data}", f"stage={stage}", f"train.steps={steps}",
                               f"train.warmup={max(1, steps // 20)}", f"train.log_every={max(1, steps // 50)}",
@@ -107,13 +107,10 @@ def train_x(root: Path, plan: XPlan, video: bool, edit: bool, say=print) -> Path
 
 def evaluate_x(root: Path, plan: XPlan, pipe, video: bool, edit: bool, say=print) -> tuple[dict, list, list]:
     """Step 3: the tables (written to ``<root>/eval/<name>.json``), report samples and answers."""
-    from hydra_umm.data.shapes.edits import sample_edits
     from hydra_umm.data.shapes.motion import check_clip, clip_records
-    from hydra_umm.data.shapes.render import render
     from hydra_umm.data.video import write_clip
-    from hydra_umm.eval.benchmarks.shapes_edit import evaluate_shapes_edit
+    from hydra_umm.eval.benchmarks.shapes_edit import VIEWS, evaluate_shapes_edit, saved_views
     from hydra_umm.eval.benchmarks.shapes_vqa import evaluate_shapes_vqa
-    from PIL import Image
 
     say("[3/4] evaluating HYDRA-X on held-out edits and clips")
     tables, samples, answers = {}, [], []
@@ -121,11 +118,10 @@ def evaluate_x(root: Path, plan: XPlan, pipe, video: bool, edit: bool, say=print
         result = evaluate_shapes_edit(pipe, n=plan.eval_edits, out_dir=root / "eval" / "edits")
         tables["editing"] = {f"{kind} {k}": v for kind, row in result["summary"].items() for k, v in row.items()
                              if k != "n"}
-        for i, e in enumerate(sample_edits(min(plan.eval_edits, 7), 0, "test")):
-            edited = Image.open(root / "eval" / "edits" / f"{i:04d}_edited.png").convert("RGB")
-            samples.append({"category": f"edit: {e.kind}", "prompt": e.instruction,
-                            "images": [render(e.source, pipe.image_size), edited, render(e.target, pipe.image_size)],
-                            "score": float(result["results"][i]["correct"])})
+        for i, row in enumerate(result["results"][:7]):  # one of each kind
+            views = saved_views(root / "eval" / "edits", i)
+            samples.append({"category": f"edit: {row['kind']}", "prompt": row["instruction"],
+                            "images": [views[v] for v in VIEWS], "score": float(row["correct"])})
     if video:
         records = clip_records(pipe.image_size, n=plan.clips, frames=plan.frames, seed=0, split="test")[:plan.eval_clips]
         vqa = evaluate_shapes_vqa(pipe, records, frames=plan.frames)

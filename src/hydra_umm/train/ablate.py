@@ -119,9 +119,7 @@ def ablate_edit(out: str | Path, steps: int, tok_steps: int, preset: str = "hydr
     everything else equal; each then edits ``n_eval`` held-out edits (the kinds in turn), scored by
     edit score and Recon-PSNR. Writes ``<out>/ablation.json`` and ``<out>/report/index.html`` (the
     tables and, per kind, source | STI | Indep | true target); returns the page. Runs are reused."""
-    from hydra_umm.data.shapes.edits import sample_edits
-    from hydra_umm.data.shapes.render import render
-    from hydra_umm.eval.benchmarks.shapes_edit import evaluate_shapes_edit
+    from hydra_umm.eval.benchmarks.shapes_edit import evaluate_shapes_edit, saved_views
     from hydra_umm.inference import HydraPipeline
     from hydra_umm.train.recipes import train_umm
 
@@ -143,7 +141,7 @@ def ablate_edit(out: str | Path, steps: int, tok_steps: int, preset: str = "hydr
 
     metrics: dict[str, dict[str, float]] = {"edit score": {}, "instruction followed": {}, "rest kept": {},
                                             "Recon-PSNR (dB)": {}}
-    edited: dict[str, list[Image.Image]] = {}
+    results: dict[str, list[dict]] = {}
     for layout, name in EDIT_LAYOUT_NAMES.items():
         run_dir = out / "runs" / layout
         run = ["stage=II", "train.ratios=[0,0,0,0,0,0,1]", f"umm.edit_layout={layout}", f"train.steps={steps}",
@@ -158,13 +156,13 @@ def ablate_edit(out: str | Path, steps: int, tok_steps: int, preset: str = "hydr
         overall = result["summary"]["overall"]
         for table, key in zip(metrics.values(), ("edit_score", "followed", "kept", "recon_psnr")):
             table[name] = overall[key]
-        edited[name] = [Image.open(out / "eval" / layout / f"{i:04d}_edited.png").convert("RGB")
-                        for i in range(min(n_eval, 7))]
+        results[layout] = result["results"]
 
-    examples = []
-    for i, edit in enumerate(sample_edits(min(n_eval, 7), seed, "test")):
-        images = [render(edit.source, size), *(edited[n][i] for n in EDIT_LAYOUT_NAMES.values()), render(edit.target, size)]
-        examples.append({"category": edit.kind, "prompt": edit.instruction, "images": images})
+    examples = []  # one of each kind: the source and target as saved, each layout's output between them
+    for i, row in enumerate(results["sti"][:7]):
+        views = {layout: saved_views(out / "eval" / layout, i) for layout in EDIT_LAYOUT_NAMES}
+        images = [views["sti"]["source"], *(v["edited"] for v in views.values()), views["sti"]["target"]]
+        examples.append({"category": row["kind"], "prompt": row["instruction"], "images": images})
     (out / "ablation.json").write_text(json.dumps({"steps": steps, "tok_steps": tok_steps, "preset": preset,
                                                    "overrides": list(overrides), "n_eval": n_eval,
                                                    "metrics": metrics}, indent=2) + "\n")

@@ -87,10 +87,9 @@ def open_sources(data: str, tasks: Sequence[str], image_size: int, seed: int, sp
 
     ``shapes`` or ``shapes:N`` (the shapes world in memory, N scenes), ``shapes-clips[:N]`` (N clips
     of the shapes world in motion, in memory), ``shapes-edits[:N]`` (N shapes-world edits, N/10 in
-    the other splits),
-    a ``.jsonl`` manifest (of images, or of clips when its records have ``video``), an image folder
-    (captions from ``.txt`` files beside the images), a LLaVA ``.json`` (instruction data only;
-    images relative to its folder). Clips have ``frames`` frames (longer ones are cut). Several
+    the other splits), a ``.jsonl`` manifest (of images, or of clips when its records have
+    ``video``), an image folder (captions from ``.txt`` files beside the images), a LLaVA ``.json``
+    (instruction data only; images relative to its folder). Clips have ``frames`` frames (longer ones are cut). Several
     sources of one task are concatenated. Tasks a source cannot give are left to the other sources.
     """
     from hydra_umm.data.datasets import EditDataset

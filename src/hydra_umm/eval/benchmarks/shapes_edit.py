@@ -8,11 +8,20 @@ import json
 from pathlib import Path
 from typing import Any, Optional
 
+from PIL import Image
 from tqdm import tqdm
 
 from hydra_umm.data.shapes.edits import sample_edits, score_edit, summarize_edits
 from hydra_umm.data.shapes.render import render
 from hydra_umm.eval.benchmarks.generation import EditSettings, edit_images
+
+
+VIEWS = ("source", "edited", "target")  # the images saved per edit, in this order
+
+
+def saved_views(out_dir: str | Path, index: int) -> dict[str, Image.Image]:
+    """The images :func:`evaluate_shapes_edit` saved for edit number ``index`` under ``out_dir``, by view."""
+    return {name: Image.open(Path(out_dir) / f"{index:04d}_{name}.png").convert("RGB") for name in VIEWS}
 
 
 def evaluate_shapes_edit(pipeline: Any, n: int = 70, seed: int = 0, split: str = "test",
@@ -34,7 +43,7 @@ def evaluate_shapes_edit(pipeline: Any, n: int = 70, seed: int = 0, split: str =
             if out_dir is not None:
                 folder = Path(out_dir)
                 folder.mkdir(parents=True, exist_ok=True)
-                for name, image in (("source", source), ("edited", output), ("target", render(edit.target, size))):
+                for name, image in zip(VIEWS, (source, output, render(edit.target, size))):
                     image.save(folder / f"{i:04d}_{name}.png")
     out = {"summary": summarize_edits(results), "results": results}
     if out_dir is not None:
