@@ -1,7 +1,8 @@
 """`hydra-umm compare` (`make compare`): HYDRA against Harmon on the shapes world, one budget, one report.
 
 Both models train in the demo's folder, on the demo's data, with the same tiny Qwen2 and, stage by
-stage, the same steps, batch size and instruction : caption : text-to-image ratios:
+stage, the same steps, batch size, instruction : caption : text-to-image ratios and overrides
+(``DemoPlan.umm_overrides``: the learning rate of the LLM trained from scratch):
 
     HYDRA    the demo's runs (reused when they exist): semantic teacher, HYDRA-TOK stages 1-2,
              HYDRA stages I-III
@@ -70,7 +71,7 @@ def train_harmon_runs(out: Path, plan: DemoPlan, say=print) -> Path:
         if not is_done(run / "model"):
             say(f"[2/4] Harmon for HYDRA's stage {stage} ({steps} steps) in {run}")
             extra = [f"init={previous}"] if previous else [f"harmon.vae_path={vae / 'model'}"]
-            extra.append(f"train.ratios=[{','.join(map(str, plan.umm_ratios[stage]))}]")
+            extra += [f"train.ratios=[{','.join(map(str, plan.umm_ratios[stage]))}]", *plan.umm_overrides]
             train_harmon(stage_config(plan, data, run, "unified", steps, *extra, preset="harmon-tiny"))
         previous = run / "model"
     return previous

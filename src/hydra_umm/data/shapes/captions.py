@@ -22,9 +22,16 @@ RELATION_WORDS = {"left of": ("left of", "to the left of"), "right of": ("right 
                   "above": ("above", "over"), "below": ("below", "under")}
 
 
-def noun_phrase(count: int, color: str, shape: str, size: Optional[str] = None) -> str:
-    """``"a red circle"``, ``"a small red circle"``, ``"three blue stars"``."""
-    adjectives = f"{size} {color}" if size else color
+# Captions that name shapes without their colours, as GenEval's colour-free prompts do ("a photo of
+# two circles"): without them a text-to-image model never sees the prompts of four of its six categories.
+COLORLESS_FRACTION = 1 / 3
+
+
+def noun_phrase(count: int, color: Optional[str], shape: str, size: Optional[str] = None) -> str:
+    """``"a red circle"``, ``"a small red circle"``, ``"three blue stars"``, ``"two circles"`` (no colour)."""
+    adjectives = " ".join(a for a in (size, color) if a)
+    if not adjectives:
+        return with_article(shape) if count == 1 else f"{NUMBERS[count]} {plural(shape)}"
     if count == 1:
         return with_article(f"{adjectives} {shape}")
     return f"{NUMBERS[count]} {adjectives} {plural(shape)}"
@@ -34,11 +41,11 @@ def join(phrases: list[str]) -> str:
     return phrases[0] if len(phrases) == 1 else ", ".join(phrases[:-1]) + " and " + phrases[-1]
 
 
-def _groups(scene: Scene, with_size: bool) -> list[tuple[tuple, list[ShapeObject]]]:
-    """Objects grouped by (colour, shape[, size]), groups ordered left to right."""
+def _groups(scene: Scene, with_size: bool, with_color: bool = True) -> list[tuple[tuple, list[ShapeObject]]]:
+    """Objects grouped by ([colour, ]shape[, size]), groups ordered left to right."""
     groups: dict[tuple, list[ShapeObject]] = {}
     for o in sorted(scene.objects, key=lambda o: o.cx):
-        groups.setdefault((o.color, o.shape, o.size if with_size else None), []).append(o)
+        groups.setdefault((o.color if with_color else None, o.shape, o.size if with_size else None), []).append(o)
     return list(groups.items())
 
 
@@ -49,10 +56,12 @@ def group_relation(a: list[ShapeObject], b: list[ShapeObject]) -> Optional[str]:
 
 
 def caption(scene: Scene, rng: np.random.Generator) -> str:
-    """A random natural caption of the scene (sizes mentioned in about a third of them)."""
+    """A random natural caption of the scene (sizes mentioned in about a third of them, colours left
+    out in :data:`COLORLESS_FRACTION`: then the counts are per shape)."""
     if not scene.objects:
         raise ValueError("cannot caption an empty scene")
-    groups = _groups(scene, with_size=bool(rng.random() < 1 / 3))
+    with_size = bool(rng.random() < 1 / 3)
+    groups = _groups(scene, with_size, with_color=bool(rng.random() >= COLORLESS_FRACTION))
     phrases = [noun_phrase(len(objs), *key) for key, objs in groups]
     if len(groups) == 2 and rng.random() < 0.5:
         rel = group_relation(groups[0][1], groups[1][1])
