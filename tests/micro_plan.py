@@ -1,5 +1,5 @@
 """The demo with a few steps per stage (a module name no other test folder uses): the plan of the
-``micro_demo`` fixture, shared by the demo and compare tests."""
+``micro_demo`` fixture, shared by the demo and compare tests, and how to read a plan's learning rate."""
 
 from hydra_umm.demo import DemoPlan
 
@@ -9,3 +9,8 @@ MICRO = DemoPlan(
     overrides=("tokenizer.lambda_lpips=0", "tokenizer.decode_steps=2", "umm.flow.steps=2", "harmon.mar_steps=2",
                "harmon.sampling_steps=3"),
 )
+
+
+def planned_lr(overrides) -> float:
+    """The ``train.lr.default`` a plan's overrides set."""
+    return float(dict(o.split("=", 1) for o in overrides)["train.lr.default"])

@@ -8,7 +8,7 @@ import yaml
 from hydra_umm.config import load_config
 from hydra_umm.demo import run_demo
 
-from micro_plan import MICRO
+from micro_plan import MICRO, planned_lr
 
 
 def test_demo_runs_every_stage_and_reuses_them(micro_demo):
@@ -24,8 +24,7 @@ def test_demo_runs_every_stage_and_reuses_them(micro_demo):
     trained = [line for line in said if line.startswith("[2/4]")]
     assert len(trained) == 6  # teacher, tokenizer 1-2, HYDRA I-III
     config = yaml.safe_load((tmp_path / "hydra-I" / "config.yaml").read_text())
-    planned = float(dict(o.split("=") for o in MICRO.umm_overrides)["train.lr.default"])
-    assert config["train"]["lr"]["default"] == planned != load_config("tiny").train.lr.default  # the plan's
+    assert config["train"]["lr"]["default"] == planned_lr(MICRO.umm_overrides) != load_config("tiny").train.lr.default
 
     said = []
     run_demo(tmp_path, MICRO, say=said.append)
