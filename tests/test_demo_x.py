@@ -4,10 +4,13 @@ are written, a rerun reuses the finished steps, and the ratios switch tasks off 
 import json
 
 import pytest
+import yaml
 
 from hydra_umm.cli import main
 from hydra_umm.demo_x import X_PLANS, XPlan, demo_ratios, run_demo_x
 from hydra_umm.train.recipes import X_RATIO_TASKS
+
+from micro_plan import planned_lr
 
 MICRO = XPlan(scenes=40, clips=12, frames=5, edits=14, teacher_steps=2, tokenizer_steps={"1": 2, "3": 1},
               umm_steps={"I": 1, "II": 1, "III": 1}, batch_size=4, eval_edits=7, eval_clips=2)
@@ -26,6 +29,9 @@ def test_the_hydra_x_demo_runs_every_step_and_reuses_them(tmp_path):
     page = (root / "report" / "index.html").read_text()
     assert "edit: move" in page and "text-to-video" in page
     assert any(line.startswith("report: ") for line in said)
+    for run, overrides in ((root / "xtok" / "stage-1", MICRO.tokenizer_overrides),
+                           (root / "hydra-x-I", MICRO.umm_overrides)):  # the plan's learning rates
+        assert yaml.safe_load((run / "config.yaml").read_text())["train"]["lr"]["default"] == planned_lr(overrides)
     again = []
     run_demo_x(tmp_path, MICRO, say=again.append)
     assert not any("HYDRA-X stage" in line or "rendering" in line for line in again)  # reused

