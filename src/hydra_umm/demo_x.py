@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from hydra_umm.config import Config, load_config
-from hydra_umm.demo import is_done
+from hydra_umm.demo import DemoPlan, is_done
 
 PRESET = "hydra-x-tiny"
 
@@ -48,7 +48,7 @@ class XPlan:
     # from-scratch learning rates of the tiny HYDRA-XTok and the tiny Qwen2, as the default demo's (DemoPlan):
     # on the full plan, against 1e-3 and 1e-4, test PSNR rose from 18.4 to 19.6 dB, clip answers from 0.19 to 0.30
     tokenizer_overrides: tuple[str, ...] = ("train.lr.default=2e-3",)
-    umm_overrides: tuple[str, ...] = ("train.lr.default=1e-3",)
+    umm_overrides: tuple[str, ...] = DemoPlan.umm_overrides
     overrides: tuple[str, ...] = ("tokenizer.lambda_lpips=0", "xtok.lambda_distill_video=0")
 
 
