@@ -1,3 +1,5 @@
+import dataclasses
+
 import pytest
 
 from hydra_umm.config import Config, ConfigError, apply_overrides, from_dict, load_config, preset_names, to_dict
@@ -49,3 +51,18 @@ def test_unknown_preset_and_unknown_yaml_key(tmp_path):
 def test_dict_round_trip():
     cfg = load_config("tiny")
     assert from_dict(Config, to_dict(cfg)) == cfg
+
+
+def test_a_continued_run_adopts_only_the_loss_and_sampling_keys():
+    from hydra_umm.config import RUN_KEYS, adopt_run_keys
+
+    saved = load_config("tiny").umm
+    run = load_config("paper", ["umm.lambda_flow=3", "umm.flow.steps=7"]).umm
+    assert saved.head_width != run.head_width
+    assert adopt_run_keys(saved, run) is saved
+    assert (saved.lambda_flow, saved.flow.steps, saved.head_width) == (3.0, 7, load_config("tiny").umm.head_width)
+    assert saved.flow is not run.flow  # copied, not shared
+    for section, keys in RUN_KEYS.items():
+        assert set(keys) < {f.name for f in dataclasses.fields(section)}, section.__name__
+    with pytest.raises(TypeError, match="UMMConfig"):
+        adopt_run_keys(saved, load_config("tiny").tokenizer)

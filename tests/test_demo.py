@@ -13,7 +13,8 @@ from micro_plan import MICRO, planned_lr
 
 def test_demo_runs_every_stage_and_reuses_them(micro_demo):
     tmp_path, results, said = micro_demo
-    assert set(results) == {"reconstruction", "generation", "understanding", "alignment"}
+    assert set(results) == {"reconstruction", "generation", "understanding", "alignment", "conditioning"}
+    assert {"t=0.05 caption", "t=0.05 empty prompt"} <= set(results["conditioning"])
     assert {"overall", "single_object", "colors"} <= set(results["generation"])
     assert "majority baseline" in results["understanding"] and "generation vs understanding" in results["alignment"]
     for name in results:

@@ -8,6 +8,7 @@ An unknown key is an error that lists the valid keys at that level.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import types
@@ -177,13 +178,37 @@ class Config:
     seed: int = 0
     data: str = ""  # training data: a manifest, image folder, LLaVA JSON, shard pattern or "shapes"
     stage: str = ""  # training stage: "1" | "2" (tokenizer), "I" | "II" | "III" (HYDRA)
-    init: str = ""  # a saved model directory a stage starts from (tokenizer stage 2, HYDRA stages II-III)
+    init: str = ""  # a saved model directory a stage continues (tokenizer stage 2, HYDRA II-III); see RUN_KEYS
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     xtok: XTokConfig = field(default_factory=XTokConfig)  # HYDRA-X's tokenizer (with `tokenizer`)
     llm: LLMConfig = field(default_factory=LLMConfig)
     umm: UMMConfig = field(default_factory=UMMConfig)
     harmon: HarmonConfig = field(default_factory=HarmonConfig)  # the Harmon baseline (with `llm`)
     train: TrainConfig = field(default_factory=TrainConfig)
+
+
+# The keys of a model's config section that steer only its losses and sampling, read at run time, not
+# when the model is built. A run that continues a saved model (``init=...``) builds the model from the
+# saved config and then takes these from its own, so a stage's overrides (``tokenizer.lambda_gan=0``,
+# ``umm.lambda_flow=5``) hold; the rest (sizes, layout, weight paths) stays the saved model's.
+RUN_KEYS: dict[type, tuple[str, ...]] = {
+    TokenizerConfig: ("cons_stop_grad", "decode_steps", "lambda_kl", "lambda_cons", "lambda_distill",
+                      "lambda_lpips", "lambda_l1", "lambda_gan", "flow", "lpips_weights"),
+    XTokConfig: ("lambda_distill_video",),
+    UMMConfig: ("lambda_flow", "caption_dropout", "source_dropout", "cfg_scale", "image_cfg_scale", "flow"),
+    HarmonConfig: ("mask_ratio_min", "mask_ratio_std", "caption_dropout", "und_grad_scale", "mar_steps",
+                   "cfg_scale", "temperature"),
+}
+
+
+def adopt_run_keys(saved: Any, run: Any) -> Any:
+    """Copy the :data:`RUN_KEYS` of ``run`` into ``saved`` (in place: the model holding ``saved`` sees
+    them) and return ``saved``; both are sections of one type."""
+    if type(saved) is not type(run):
+        raise TypeError(f"adopt_run_keys needs two {type(saved).__name__}, got a {type(run).__name__}")
+    for key in RUN_KEYS[type(saved)]:
+        setattr(saved, key, copy.deepcopy(getattr(run, key)))
+    return saved
 
 
 # ---------------------------------------------------------------------------- (de)serialisation

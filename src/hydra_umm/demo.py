@@ -180,6 +180,18 @@ def _understanding(pipe, out: Path, plan: DemoPlan) -> dict[str, float]:
             **{f"{t} (majority)": v["majority_baseline"] for t, v in vqa["per_type"].items()}}
 
 
+def _conditioning(pipe, out: Path, plan: DemoPlan) -> dict[str, float]:
+    """HYDRA's flow loss on the test images with their captions and with the empty prompt, per flow time:
+    whether generation has learnt to follow its prompt (hydra_umm.eval.conditioning)."""
+    from hydra_umm.data.manifest import read_manifest
+    from hydra_umm.eval import load_images
+    from hydra_umm.eval.conditioning import flow_loss_by_prompt
+
+    test = out / "data" / "test.jsonl"
+    captions = [r["caption"] for r in read_manifest(test)[: plan.eval_images]]
+    return flow_loss_by_prompt(pipe, load_images(test, pipe.image_size, plan.eval_images), captions)
+
+
 def _write_tables(out: Path, tables: dict[str, dict]) -> None:
     for name, table in tables.items():
         path = out / "eval" / f"{name}.json"
@@ -257,6 +269,7 @@ def run_demo(out: str | Path = "runs/demo", plan: str | DemoPlan = "full", say=p
     from hydra_umm.data.manifest import read_manifest
     from hydra_umm.eval import load_images, report_run
     from hydra_umm.eval.benchmarks.shapes_geneval import score_shapes_image
+    from hydra_umm.eval.conditioning import TIMES
     from hydra_umm.inference import HydraPipeline
 
     out, plan = resolve_plan(out, plan)
@@ -264,6 +277,8 @@ def run_demo(out: str | Path = "runs/demo", plan: str | DemoPlan = "full", say=p
     model_dir = train_all(out, plan, say)
     pipe = HydraPipeline.from_pretrained(model_dir)
     results = evaluate_all(out, plan, pipe, say)
+    results["conditioning"] = _conditioning(pipe, out, plan)
+    _write_tables(out, {"conditioning": results["conditioning"]})
     if ablation:
         results["ablation"] = run_ablation(out, plan, results, say)
     say("[4/4] writing the report")
@@ -280,6 +295,9 @@ def run_demo(out: str | Path = "runs/demo", plan: str | DemoPlan = "full", say=p
     say("generation (shapes GenEval): " + ", ".join(f"{k} {v:.2f}" for k, v in gen.items()))
     say(f"understanding (VQA): overall {und['overall']:.2f} (majority baseline {und['majority baseline']:.2f})")
     say("alignment (CKNNA): " + ", ".join(f"{k} {v:.3f}" for k, v in results["alignment"].items()))
+    cond = results["conditioning"]
+    say("flow loss, caption vs empty prompt: " + ", ".join(
+        f"t={t:g} {cond[f't={t:g} caption']:.3f} vs {cond[f't={t:g} empty prompt']:.3f}" for t in TIMES))
     if ablation:
         say("ablation: " + ", ".join(f"{k} {v:.2f}" for k, v in results["ablation"].items() if " overall: " in k))
     say(f"report: {page}\nmodel: {model_dir} (try: hydra-umm generate --model {model_dir} --prompt 'a red circle'"

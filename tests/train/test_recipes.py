@@ -42,11 +42,11 @@ def runs(tmp_path_factory):
     common = ["--config", "tiny", "data=shapes:96", *SMALL]
     main(["train", "tokenizer", *common, "stage=1", "train.steps=40", f"train.out_dir={tok1}"])
     main(["train", "tokenizer", *common, "stage=2", "train.steps=6", f"init={tok1}/model", f"train.out_dir={tok2}",
-          "train.ckpt_every=3", "train.keep_last=1", "train.latent_stats_images=64"])
+          "train.ckpt_every=3", "train.keep_last=1", "train.latent_stats_images=64", "tokenizer.lambda_gan=0.5"])
     main(["train", "umm", *common, "stage=I", "train.steps=40", f"umm.tokenizer_path={tok2}/model",
           f"train.out_dir={umm1}"])
     main(["train", "umm", *common, "stage=II", "train.steps=30", f"init={umm1}/model", f"train.out_dir={umm2}",
-          "train.activation_checkpointing=true"])
+          "train.activation_checkpointing=true", "umm.lambda_flow=2", "umm.cfg_scale=2.5"])
     return {"tok1": tok1, "tok2": tok2, "umm1": umm1, "umm2": umm2}
 
 
@@ -75,6 +75,18 @@ def test_tokenizer_stage2_records_the_latent_statistics_of_the_training_images(r
     raw = tok.unstandardise(z)
     assert (raw.mean(0) - z.mean(0)).abs().max() > 0.05 or (raw.std(0) / z.std(0) - 1).abs().max() > 0.05
     assert z.mean(0).abs().max() < 0.25 and ((z.std(0) - 1).abs() < 0.25).all()
+
+
+def test_a_continued_stage_keeps_its_own_loss_weights(runs):
+    # init= gives the weights and sizes; the stage's own loss and sampling keys still hold
+    assert HydraTok.from_pretrained(runs["tok1"] / "model").cfg.lambda_gan == 0.1
+    assert HydraTok.from_pretrained(runs["tok2"] / "model").cfg.lambda_gan == 0.5
+    umm = HydraModel.from_pretrained(runs["umm2"] / "model").cfg.umm
+    assert (umm.lambda_flow, umm.cfg_scale) == (2.0, 2.5)
+    curves = read_scalars(runs["umm2"])
+    logged = zip(*(curves[f"tensorboard/train/{k}"] for k in ("loss", "loss_ntp", "loss_flow")))
+    for (_, loss), (_, ntp), (_, flow) in logged:
+        assert loss == pytest.approx(ntp + 2 * flow, rel=1e-3)
 
 
 def held_out_flow_loss(model: HydraModel, zero_head: bool = False) -> float:

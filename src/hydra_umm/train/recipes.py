@@ -26,7 +26,7 @@ from timm.models.vision_transformer import Block
 from torch import nn
 from torch.utils.data import ConcatDataset, Dataset
 
-from hydra_umm.config import Config, to_dict
+from hydra_umm.config import Config, adopt_run_keys, to_dict
 from hydra_umm.data.datasets import (IMAGE_TASKS, RECORD_TASKS, ConversationDataset, RecordDataset, ShardDataset,
                                      shapes_records)
 from hydra_umm.data.manifest import read_manifest
@@ -243,7 +243,7 @@ def train_tokenizer(cfg: Config) -> Path:
     env = init_distributed()
     torch.manual_seed(cfg.seed)
     tok = HydraTok.from_pretrained(cfg.init) if cfg.init else HydraTok(cfg.tokenizer)
-    cfg.tokenizer = tok.cfg
+    cfg.tokenizer = adopt_run_keys(tok.cfg, cfg.tokenizer)
     tok.requires_grad_(False)
     components = {"decoder": tok.decoder}
     if stage == 1:
@@ -316,7 +316,7 @@ def train_umm(cfg: Config) -> Path:
         cfg.umm.xtok = tokenizer_class(cfg.umm.tokenizer_path) is HydraXTok  # the tokenizer decides: HYDRA or HYDRA-X
         texts = [] if cfg.llm.path else _text_corpus(cfg, cfg.tokenizer.image_size)
         model = HydraModel(cfg, build_text_tokenizer(cfg.llm, texts))
-    cfg.umm.xtok = model.cfg.umm.xtok
+    cfg.umm = adopt_run_keys(model.cfg.umm, cfg.umm)
     model.set_stage(cfg.stage)
     model.to(env.device)
     if cfg.train.activation_checkpointing:
@@ -393,6 +393,7 @@ def train_harmon(cfg: Config) -> Path:
 
     if cfg.init:
         model = HarmonModel.from_pretrained(cfg.init)
+        cfg.harmon = adopt_run_keys(model.cfg.harmon, cfg.harmon)
     else:
         if not cfg.harmon.vae_path:
             raise ValueError("Harmon trains on a KL autoencoder: set harmon.vae_path=<weights file, or the model "
@@ -519,7 +520,7 @@ def train_xtok(cfg: Config) -> Path:
     env = init_distributed()
     torch.manual_seed(cfg.seed)
     tok = HydraXTok.from_pretrained(cfg.init) if cfg.init else HydraXTok(cfg.tokenizer, cfg.xtok)
-    cfg.tokenizer, cfg.xtok = tok.cfg, tok.xcfg
+    cfg.tokenizer, cfg.xtok = adopt_run_keys(tok.cfg, cfg.tokenizer), adopt_run_keys(tok.xcfg, cfg.xtok)
     tok.requires_grad_(False)
     components = _xtok_components(tok, stage)
     for module in components.values():
