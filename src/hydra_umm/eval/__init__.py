@@ -1,5 +1,6 @@
 """Evaluation: reconstruction metrics (PSNR, SSIM, rFID; per-frame PSNR/SSIM and rFVD for clips), CKNNA,
-benchmark writers, the lmms-eval adapter, feature maps and the HTML report."""
+the flow loss with and without the prompt (conditioning), benchmark writers, the lmms-eval adapter,
+feature maps and the HTML report."""
 
 from hydra_umm.eval.cknna import cknna, cknna_pairs
 from hydra_umm.eval.features import embed_2d, plot_feature_maps
