@@ -85,10 +85,10 @@ def model(name: str, **results: float) -> ComparedModel:
 
 
 def test_metric_rows_name_the_better_model_but_not_for_ties_or_baselines():
-    rows = metric_rows([model("A", psnr=20.0, acc=0.5, n=8, **{"acc (majority)": 0.4}),
-                        model("B", psnr=25.0, acc=0.5, n=8, **{"acc (majority)": 0.6})])
+    rows = metric_rows([model("A", psnr=20.0, acc=0.5, n=8, **{"acc (majority)": 0.4, "chance (x)": 0.1}),
+                        model("B", psnr=25.0, acc=0.5, n=8, **{"acc (majority)": 0.6, "chance (x)": 0.2})])
     assert rows == [("t: psnr", [20.0, 25.0], "B"), ("t: acc", [0.5, 0.5], ""),
-                    ("t: acc (majority)", [0.4, 0.6], "")]
+                    ("t: acc (majority)", [0.4, 0.6], ""), ("t: chance (x)", [0.1, 0.2], "")]
     assert metric_rows([model("A", psnr=1.0)]) == [("t: psnr", [1.0], "")]
 
 

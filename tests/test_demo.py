@@ -6,7 +6,7 @@ import json
 import yaml
 
 from hydra_umm.config import load_config
-from hydra_umm.demo import run_demo
+from hydra_umm.demo import CHANCE, run_demo
 
 from micro_plan import MICRO, planned_lr
 
@@ -15,7 +15,7 @@ def test_demo_runs_every_stage_and_reuses_them(micro_demo):
     tmp_path, results, said = micro_demo
     assert set(results) == {"reconstruction", "generation", "understanding", "alignment", "conditioning"}
     assert {"t=0.05 caption", "t=0.05 empty prompt"} <= set(results["conditioning"])
-    assert {"overall", "single_object", "colors"} <= set(results["generation"])
+    assert {"overall", "single_object", "colors", CHANCE} <= set(results["generation"])
     assert "majority baseline" in results["understanding"] and "generation vs understanding" in results["alignment"]
     for name in results:
         assert json.loads((tmp_path / "eval" / f"{name}.json").read_text()) == results[name]

@@ -21,6 +21,7 @@ from pathlib import Path
 from hydra_umm.config import Config, load_config
 
 MODEL_WEIGHTS = "model.safetensors"
+CHANCE = "chance (overall on other prompts)"  # the generation table's chance level
 
 
 @dataclass(frozen=True)
@@ -160,13 +161,16 @@ def _tokenizer_run(plan: DemoPlan) -> str:
 
 
 def _generation(pipe, out: Path, plan: DemoPlan, samples: Path) -> dict[str, float]:
-    """The shapes-world GenEval score, overall and per category; samples written under ``samples``."""
+    """The shapes-world GenEval score, overall and per category, and its chance level (the same images
+    judged against other prompts of their category); samples written under ``samples``."""
+    from hydra_umm.data.shapes import score_against_other_prompts
     from hydra_umm.eval.benchmarks.generation import GenerationSettings
     from hydra_umm.eval.benchmarks.shapes_geneval import evaluate_shapes_geneval
 
     geneval = evaluate_shapes_geneval(pipe, out / "data" / "evaluation_metadata.jsonl", samples,
                                       n_samples=plan.samples_per_prompt, settings=GenerationSettings(seed=0))
-    return {"overall": geneval["overall"], **{t: c["accuracy"] for t, c in geneval["categories"].items()}}
+    return {"overall": geneval["overall"], **{t: c["accuracy"] for t, c in geneval["categories"].items()},
+            CHANCE: score_against_other_prompts(geneval["results"])["overall"]}
 
 
 def _understanding(pipe, out: Path, plan: DemoPlan) -> dict[str, float]:

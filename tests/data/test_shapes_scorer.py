@@ -14,7 +14,7 @@ from scipy import ndimage
 from hydra_umm.bench.shapes import robustness
 from hydra_umm.data.shapes import (COLORS, SHAPES, TAGS, Scene, ShapeObject, detect, evaluate, format_scores,
                                    gaussian_blur, gaussian_noise, generate_prompts, render, render_prompt,
-                                   sample_scene, score_generations, score_image)
+                                   sample_scene, score_against_other_prompts, score_generations, score_image)
 
 SAMPLES = {64: 2, 128: 1}  # renderings per prompt at each size
 
@@ -260,3 +260,21 @@ def test_score_generations_reads_geneval_layout(tmp_path):
         score_generations(tmp_path / "images", metadata)
     with pytest.raises(ValueError, match="no images"):
         score_generations(tmp_path, metadata)
+
+
+def test_scores_against_other_prompts_give_the_chance_level(tmp_path):
+    rng = np.random.default_rng(2)
+    prompts = [{"tag": "colors", "include": [{"class": "circle", "count": 1, "color": c}],
+                "prompt": f"a photo of a {c} circle"} for c in ("red", "blue", "green")]
+    metadata = tmp_path / "evaluation_metadata.jsonl"
+    metadata.write_text("".join(json.dumps(p) + "\n" for p in prompts))
+    following = [[render_prompt(p, rng, 64)[0]] for p in prompts]  # each image follows its own prompt
+    _geneval_tree(tmp_path / "following", prompts, following)
+    result = score_generations(tmp_path / "following", metadata)
+    assert result["overall"] == 1.0
+    assert score_against_other_prompts(result["results"])["overall"] == 0.0  # a red circle is no blue one
+    blind = [following[0]] * 3  # the same red circle for every prompt
+    _geneval_tree(tmp_path / "blind", prompts, blind)
+    result = score_generations(tmp_path / "blind", metadata)
+    assert result["overall"] == pytest.approx(1 / 3)
+    assert score_against_other_prompts(result["results"])["overall"] == pytest.approx(1 / 3)  # chance, as own

@@ -34,13 +34,15 @@ class ComparedModel:
 
 
 def _baseline(metric: str) -> bool:
-    return "majority" in metric
+    """A baseline row (a majority answer, a chance level), which no model wins."""
+    return "majority" in metric or "chance" in metric
 
 
 def metric_rows(models: Sequence[ComparedModel]) -> list[tuple[str, list[float], str]]:
     """``(table: metric, value per model, the better model)`` for every metric all models report, in
-    the first model's order (sample counts left out). Every metric here is better higher (PSNR, SSIM, accuracy, CKNNA); the
-    better model is "" for a tie, a single model and the majority-answer baselines."""
+    the first model's order (sample counts left out). Every metric here is better higher (PSNR, SSIM,
+    accuracy, CKNNA); the better model is "" for a tie, a single model and the baselines (majority
+    answers, chance levels)."""
     rows = []
     for table, metrics in models[0].results.items():
         for metric in metrics:

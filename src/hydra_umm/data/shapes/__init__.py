@@ -9,8 +9,8 @@ from hydra_umm.data.shapes.prompts import TAGS, generate_prompts, heldout_prompt
 from hydra_umm.data.shapes.questions import questions
 from hydra_umm.data.shapes.render import render
 from hydra_umm.data.shapes.robustness import gaussian_blur, gaussian_noise
-from hydra_umm.data.shapes.scorer import (Detection, detect, evaluate, format_scores, score_generations, score_image,
-                                          summarize)
+from hydra_umm.data.shapes.scorer import (Detection, detect, evaluate, format_scores, score_against_other_prompts,
+                                          score_generations, score_image, summarize)
 from hydra_umm.data.shapes.world import (COLORS, HELDOUT_PAIRS, SHAPES, SIZES, Scene, ShapeObject, relative_position,
                                          sample_scene)
 from hydra_umm.data.shapes.writer import make_dataset
@@ -19,7 +19,7 @@ __all__ = [
     "COLORS", "Detection", "HELDOUT_PAIRS", "SHAPES", "SIZES", "Scene", "ShapeObject", "TAGS", "caption", "detect",
     "evaluate", "format_scores", "gaussian_blur", "gaussian_noise", "generate_prompts", "heldout_prompts",
     "make_dataset", "questions", "relative_position", "render", "render_prompt", "sample_scene", "scene_for_prompt",
-    "score_generations", "score_image", "summarize",
+    "score_against_other_prompts", "score_generations", "score_image", "summarize",
     "Clip", "MovingObject", "check_clip", "clip_caption", "clip_metadata", "clip_questions", "clip_records",
     "make_clip_dataset", "render_clip", "sample_clip", "track",
 ]

@@ -312,6 +312,25 @@ def score_generations(images_dir: str | Path, metadata_file: str | Path) -> dict
     return {**summarize(results), "results": results}
 
 
+def score_against_other_prompts(results: Sequence[Mapping]) -> dict:
+    """The chance level of ``results`` (per-image results of :func:`score_generations`): every image
+    judged against the next prompt of its own tag (cyclically, in order of first appearance) instead of
+    its own, summarised as GenEval's. A generator that ignores its prompts scores as much here as on
+    its own prompts; one that follows them scores less. A tag with one prompt is judged against it."""
+    prompts: dict[str, list[dict]] = defaultdict(list)
+    for r in results:
+        if r["metadata"] not in prompts[r["tag"]]:
+            prompts[r["tag"]].append(r["metadata"])
+    rescored = []
+    for r in results:
+        own = prompts[r["tag"]]
+        other = own[(own.index(r["metadata"]) + 1) % len(own)]
+        with Image.open(r["filename"]) as image:
+            correct, _ = evaluate(detect(image.convert("RGB")), other)
+        rescored.append({"tag": r["tag"], "metadata": other, "correct": correct})
+    return summarize(rescored)
+
+
 def format_scores(result: Mapping) -> str:
     """A small table: accuracy per category, then the overall score."""
     lines = [f"{'category':<16} {'accuracy':>9} {'correct':>9}"]
