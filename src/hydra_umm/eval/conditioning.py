@@ -24,7 +24,7 @@ def flow_loss_by_prompt(
     pipeline, images: Sequence[Image.Image], captions: Sequence[str], times: Sequence[float] = TIMES, seed: int = 0
 ) -> dict[str, float]:
     """``"t=<t> caption"`` and ``"t=<t> empty prompt"`` -> the mean squared velocity error of the vision
-    head of ``pipeline.model`` (a HydraModel) on ``images`` noised to time t, the same noise for both."""
+    head of ``pipeline`` (a HydraPipeline) on ``images`` noised to time t, the same noise for both."""
     if len(images) != len(captions):
         raise ValueError(f"one caption per image: got {len(images)} images and {len(captions)} captions")
     model = pipeline.model
@@ -33,10 +33,10 @@ def flow_loss_by_prompt(
     target = flow.velocity_target(x0, z)
     table = {}
     for name, prompts in (("caption", list(captions)), ("empty prompt", [""] * len(captions))):
-        lay = model.layout([model.generation_prefix(p) + model.generation_block() for p in prompts])
+        # the velocity the sampler integrates, the prompts run once (KV cache) for every t
+        velocity = pipeline.block_velocity([model.generation_prefix(p) for p in prompts], frames=1)
         for t in times:
             tt = torch.full((len(z),), float(t), device=z.device)
-            z_t = flow.interpolate(x0, z, tt)
-            hidden = model.block_hidden(model.sequence_hidden_states(lay, model.visual_tokens(z_t, tt)), lay)
-            table[f"t={t:g} {name}"] = F.mse_loss(model.vision_head(hidden, tt), target).item()
+            v = velocity(flow.interpolate(x0, z, tt)[:, None], tt)[:, 0]
+            table[f"t={t:g} {name}"] = F.mse_loss(v, target).item()
     return table

@@ -313,10 +313,11 @@ def score_generations(images_dir: str | Path, metadata_file: str | Path) -> dict
 
 
 def score_against_other_prompts(results: Sequence[Mapping]) -> dict:
-    """The chance level of ``results`` (per-image results of :func:`score_generations`): every image
-    judged against the next prompt of its own tag (cyclically, in order of first appearance) instead of
-    its own, summarised as GenEval's. A generator that ignores its prompts scores as much here as on
-    its own prompts; one that follows them scores less. A tag with one prompt is judged against it."""
+    """The chance level of ``results`` (per-image results of :func:`score_generations`, with their
+    detections): every image's objects judged against the next prompt of its own tag (cyclically, in
+    order of first appearance) instead of its own, summarised as GenEval's. A generator that ignores
+    its prompts scores as much here as on its own prompts; one that follows them scores less. A tag
+    with one prompt is judged against it."""
     prompts: dict[str, list[dict]] = defaultdict(list)
     for r in results:
         if r["metadata"] not in prompts[r["tag"]]:
@@ -325,8 +326,8 @@ def score_against_other_prompts(results: Sequence[Mapping]) -> dict:
     for r in results:
         own = prompts[r["tag"]]
         other = own[(own.index(r["metadata"]) + 1) % len(own)]
-        with Image.open(r["filename"]) as image:
-            correct, _ = evaluate(detect(image.convert("RGB")), other)
+        objects = [Detection(**{**d, "box": tuple(d["box"])}) for d in r["detected"]]  # as score_image found them
+        correct, _ = evaluate(objects, other)
         rescored.append({"tag": r["tag"], "metadata": other, "correct": correct})
     return summarize(rescored)
 
