@@ -1,5 +1,5 @@
 """The demo with a few steps per stage (a module name no other test folder uses): the plan of the
-``micro_demo`` fixture, shared by the demo and compare tests, and how to read a plan's learning rate."""
+``micro_demo`` fixture, shared by the demo and compare tests, and how to read a value a plan sets."""
 
 from hydra_umm.demo import DemoPlan
 
@@ -11,6 +11,6 @@ MICRO = DemoPlan(
 )
 
 
-def planned_lr(overrides) -> float:
-    """The ``train.lr.default`` a plan's overrides set."""
-    return float(dict(o.split("=", 1) for o in overrides)["train.lr.default"])
+def planned(overrides, key: str = "train.lr.default") -> float:
+    """The value a plan's overrides set for ``key`` (by default the learning rate)."""
+    return float(dict(o.split("=", 1) for o in overrides)[key])

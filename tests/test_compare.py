@@ -14,7 +14,7 @@ from hydra_umm.compare import (
 from hydra_umm.eval.comparison import ComparedModel, metric_rows
 from hydra_umm.train.teacher import METRICS_FILE
 
-from micro_plan import MICRO, planned_lr
+from micro_plan import MICRO, planned
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +42,7 @@ def test_compare_trains_harmon_alone_on_hydras_budget(compared, demo_dir):
         assert harmon["train"]["ratios"] == list(MICRO.umm_ratios[stage]) and harmon["train"]["steps"] == steps
     vae = yaml.safe_load((demo_dir / "harmon-vae" / "config.yaml").read_text())
     assert vae["stage"] == "vae" and vae["train"]["steps"] == sum(MICRO.tokenizer_steps.values())
-    assert vae["train"]["lr"]["default"] == planned_lr(HARMON_VAE_OVERRIDES)
+    assert vae["train"]["lr"]["default"] == planned(HARMON_VAE_OVERRIDES)
 
 
 def test_both_models_are_evaluated_alike_and_reported_side_by_side(compared, demo_dir):

@@ -8,7 +8,7 @@ import yaml
 from hydra_umm.config import load_config
 from hydra_umm.demo import CHANCE, run_demo
 
-from micro_plan import MICRO, planned_lr
+from micro_plan import MICRO, planned
 
 
 def test_demo_runs_every_stage_and_reuses_them(micro_demo):
@@ -25,7 +25,11 @@ def test_demo_runs_every_stage_and_reuses_them(micro_demo):
     trained = [line for line in said if line.startswith("[2/4]")]
     assert len(trained) == 6  # teacher, tokenizer 1-2, HYDRA I-III
     config = yaml.safe_load((tmp_path / "hydra-I" / "config.yaml").read_text())
-    assert config["train"]["lr"]["default"] == planned_lr(MICRO.umm_overrides) != load_config("tiny").train.lr.default
+    assert config["train"]["lr"]["default"] == planned(MICRO.umm_overrides) != load_config("tiny").train.lr.default
+    lambda_flow = planned(MICRO.umm_overrides, "umm.lambda_flow")
+    for stage in ("I", "III"):  # every stage, the continued ones too (a run key, adopted over the saved one)
+        config = yaml.safe_load((tmp_path / f"hydra-{stage}" / "config.yaml").read_text())
+        assert config["umm"]["lambda_flow"] == lambda_flow != load_config("tiny").umm.lambda_flow
 
     said = []
     run_demo(tmp_path, MICRO, say=said.append)

@@ -10,7 +10,7 @@ from hydra_umm.cli import main
 from hydra_umm.demo_x import X_PLANS, XPlan, demo_ratios, run_demo_x
 from hydra_umm.train.recipes import X_RATIO_TASKS
 
-from micro_plan import planned_lr
+from micro_plan import planned
 
 MICRO = XPlan(scenes=40, clips=12, frames=5, edits=14, teacher_steps=2, tokenizer_steps={"1": 2, "3": 1},
               umm_steps={"I": 1, "II": 1, "III": 1}, batch_size=4, eval_edits=7, eval_clips=2)
@@ -31,7 +31,7 @@ def test_the_hydra_x_demo_runs_every_step_and_reuses_them(tmp_path):
     assert any(line.startswith("report: ") for line in said)
     for run, overrides in ((root / "xtok" / "stage-1", MICRO.tokenizer_overrides),
                            (root / "hydra-x-I", MICRO.umm_overrides)):  # the plan's learning rates
-        assert yaml.safe_load((run / "config.yaml").read_text())["train"]["lr"]["default"] == planned_lr(overrides)
+        assert yaml.safe_load((run / "config.yaml").read_text())["train"]["lr"]["default"] == planned(overrides)
     again = []
     run_demo_x(tmp_path, MICRO, say=again.append)
     assert not any("HYDRA-X stage" in line or "rendering" in line for line in again)  # reused

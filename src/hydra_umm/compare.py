@@ -2,7 +2,8 @@
 
 Both models train in the demo's folder, on the demo's data, with the same tiny Qwen2 and, stage by
 stage, the same steps, batch size, instruction : caption : text-to-image ratios and overrides
-(``DemoPlan.umm_overrides``: the learning rate of the LLM trained from scratch):
+(``DemoPlan.umm_overrides``: the learning rate of the LLM trained from scratch, and HYDRA's flow-loss
+weight ``umm.lambda_flow``, which Harmon's losses do not read):
 
     HYDRA    the demo's runs (reused when they exist): semantic teacher, HYDRA-TOK stages 1-2,
              HYDRA stages I-III
