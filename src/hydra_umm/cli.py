@@ -41,10 +41,14 @@ def _shapes_score(args: argparse.Namespace) -> None:
 
 def _train(args: argparse.Namespace) -> None:
     from hydra_umm.config import load_config
+    from hydra_umm.train.distributed import destroy_distributed
     from hydra_umm.train.recipes import RECIPES
 
     cfg = load_config(args.config, args.overrides)
-    model_dir = RECIPES[args.what](cfg)
+    try:
+        model_dir = RECIPES[args.what](cfg)
+    finally:  # under torchrun: leave the process group the recipe joined
+        destroy_distributed()
     print(f"model saved to {model_dir}")
 
 

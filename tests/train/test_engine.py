@@ -109,8 +109,18 @@ def test_resume_from_a_named_checkpoint(uninterrupted, tmp_path):
 
 def test_resume_never_refuses_to_mix_with_old_checkpoints(uninterrupted):
     out = uninterrupted[0]
+    config = (out / "config.yaml").read_text()
     with pytest.raises(FileExistsError, match="resume=auto"):
-        make_trainer(out, resume="never").fit()
+        make_trainer(out, resume="never", steps=30).fit()
+    assert (out / "config.yaml").read_text() == config  # the run's own config is kept
+
+
+def test_resume_refuses_a_changed_schedule(tmp_path):
+    make_trainer(tmp_path).fit(until=8)
+    for change in ({"steps": 40}, {"warmup": 2}, {"lr": LearningRates(default=1e-3, decoder=1e-2)}):
+        with pytest.raises(ValueError, match="another learning-rate schedule"):
+            make_trainer(tmp_path, **change).fit()
+    assert make_trainer(tmp_path).fit()["step"] == 20
 
 
 def test_the_model_learns_and_the_run_folder_is_complete(uninterrupted):

@@ -195,6 +195,11 @@ class Trainer:
             log.info("no checkpoint in %s: starting at step 0", self.out_dir)
             return
         state = load_checkpoint(path)
+        saved, ours = _schedule(state["scheduler"]), _schedule(self.scheduler.state_dict())
+        if saved != ours:  # loading would silently keep the checkpoint's schedule
+            raise ValueError(f"{path} was written under another learning-rate schedule ({saved}) than this run "
+                             f"asks for ({ours}): resume with the run's train.steps, warmup and lr, or start a new "
+                             "run from its saved model (init=...)")
         load_full_state(self.model, self.optimizer, state["model"], state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.data.load_state_dict(state["data"])
@@ -215,9 +220,10 @@ class Trainer:
         main = self.env.is_main
         if main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
-            (self.out_dir / "config.yaml").write_text(yaml.safe_dump(self.run_config, sort_keys=False))
         with _log_to(self.out_dir / "train.log" if main else None):
-            self.resume()
+            self.resume()  # first: a refused resume leaves the run's config.yaml as it was
+            if main:
+                (self.out_dir / "config.yaml").write_text(yaml.safe_dump(self.run_config, sort_keys=False))
             stop = self.cfg.steps if until is None else min(until, self.cfg.steps)
             writer = SummaryWriter(self.out_dir / "tensorboard") if main else None
             bar = tqdm(total=self.cfg.steps, initial=self.step, disable=not main, dynamic_ncols=True, desc="train")
@@ -275,6 +281,13 @@ class Trainer:
         if writer is not None:
             for k, v in metrics.items():
                 writer.add_scalar(f"val/{k}", v, self.step)
+
+
+def _schedule(state: Mapping[str, Any]) -> str:
+    """A scheduler state's schedule in words: its lr factor's settings (WarmupCosine's) and peak rates."""
+    factor = (state.get("lr_lambdas") or [None])[0] or {}
+    peaks = " ".join(f"{lr:g}" for lr in sorted(set(state.get("base_lrs", []))))
+    return ", ".join([*(f"{k} {v}" for k, v in factor.items()), f"peak lr {peaks}"])
 
 
 @contextlib.contextmanager

@@ -47,11 +47,15 @@ def test_the_unified_stage_trains_checkpoints_and_serves(runs):
     assert isinstance(pipe.answer([torch.zeros(3, 32, 32)], ["what is it?"], max_new_tokens=2)[0], str)
 
 
-def test_a_stopped_run_resumes(runs):
+def test_a_run_resumes_under_its_own_schedule_only(runs, capsys):
     run = runs / "unified"
-    main(["train", "harmon", "--config", "harmon-tiny", "data=shapes:24", *SMALL, "train.steps=5", "train.val_every=0",
-          f"harmon.vae_path={runs / 'vae' / 'model'}", f"train.out_dir={run}"])
-    assert "resumed from" in (run / "train.log").read_text() and load_checkpoint(latest(run))["step"] == 5
+    again = ["train", "harmon", "--config", "harmon-tiny", "data=shapes:24", *SMALL, "train.val_every=0",
+             f"harmon.vae_path={runs / 'vae' / 'model'}", f"train.out_dir={run}"]
+    main([*again, "train.steps=4"])
+    assert "resumed from" in (run / "train.log").read_text() and load_checkpoint(latest(run))["step"] == 4
+    with pytest.raises(SystemExit):  # more steps are another cosine: refused, not run on at the old one's lr 0
+        main([*again, "train.steps=5"])
+    assert "another learning-rate schedule" in capsys.readouterr().err
 
 
 def test_stages_and_the_autoencoder_are_required(capsys):
