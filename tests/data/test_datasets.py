@@ -6,7 +6,7 @@ import pytest
 import torch
 import webdataset as wds
 from PIL import Image
-from torch.utils.data import DataLoader
+from torch.utils.data import ConcatDataset, DataLoader
 
 from hydra_umm.data.datasets import (
     DESCRIBE,
@@ -19,7 +19,7 @@ from hydra_umm.data.datasets import (
     shapes_records,
 )
 from hydra_umm.data.manifest import read_manifest, write_manifest
-from hydra_umm.data.mixture import shard_stream
+from hydra_umm.data.mixture import MixtureDataset, TaskMixture, shard_stream
 from hydra_umm.data.shapes import make_dataset
 from hydra_umm.data.transforms import ImageTransform, to_pil
 
@@ -102,6 +102,14 @@ def test_skip_count_is_shared_by_dataloader_workers(image_dir):
     assert ds.skips.count == 3  # counted inside the workers, visible here
 
 
+def test_a_mixture_counts_the_skips_of_concatenated_sources(image_dir):
+    parts = [RecordDataset.from_folder(image_dir, "t2i", S) for _ in range(2)]
+    mixture = MixtureDataset({"t2i": ConcatDataset(parts)}, TaskMixture({"t2i": 1.0}, seed=0))
+    for i in range(len(parts[0]) * 2):
+        mixture[i]
+    assert mixture.skipped == parts[0].skips.count + parts[1].skips.count == 6  # 3 per folder pass
+
+
 def test_all_unreadable_is_a_clear_error(image_dir):
     ds = RecordDataset([{"image": str(image_dir / "bad_text.png"), "caption": "x"}], "t2i", S)
     with pytest.raises(RuntimeError, match="none of its 1 items has a readable image"):
@@ -181,17 +189,20 @@ def test_llava_format_errors_name_the_record(tmp_path, record, message):
 # -------------------------------------------------------------------------------------- shards
 
 
-def test_webdataset_shards_skip_corrupt_images(image_dir, tmp_path):
+def test_webdataset_shards_skip_corrupt_images_and_captions(image_dir, tmp_path):
     png = (image_dir / "good_1.png").read_bytes()
     with wds.TarWriter(str(tmp_path / "shard-000000.tar")) as sink:
         sink.write({"__key__": "s0", "png": png, "txt": "a blue card"})
         sink.write({"__key__": "s1", "png": b"broken", "txt": "broken"})
+        sink.write({"__key__": "s1b", "png": png, "txt": b"\xff\xfe not utf-8"})
+        sink.write({"__key__": "s1c", "png": png, "json": b"{broken"})
+        sink.write({"__key__": "s1d", "png": png})
     with wds.TarWriter(str(tmp_path / "shard-000001.tar")) as sink:
         sink.write({"__key__": "s2", "png": png, "json": json.dumps({"caption": "from json"}).encode()})
     urls = [str(tmp_path / "shard-000000.tar"), str(tmp_path / "shard-000001.tar")]
     ds = ShardDataset(urls, "caption", S)
     items = list(ds)
-    assert [it["target"] for it in items] == ["a blue card", "from json"] and ds.skips.count == 1
+    assert [it["target"] for it in items] == ["a blue card", "from json"] and ds.skips.count == 4
     assert all(it["prompt"] == DESCRIBE and it["image"].shape == (3, S, S) for it in items)
     with pytest.raises(ValueError, match="unknown task 'instruction'"):
         ShardDataset(urls, "instruction", S)

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from hydra_umm.data.manifest import ManifestError, read_manifest, write_manifest
+from hydra_umm.data.manifest import ManifestError, read_manifest, split_records, write_manifest
 
 
 def test_round_trip_resolves_relative_images(tmp_path):
@@ -50,3 +50,12 @@ def test_write_refuses_bad_records_and_missing_file_is_clear(tmp_path):
         write_manifest([{"caption": "no image"}], tmp_path / "m.jsonl")
     with pytest.raises(FileNotFoundError, match="manifest not found"):
         read_manifest(tmp_path / "absent.jsonl")
+
+
+def test_split_records_keeps_a_split_and_counts_an_unsplit_manifest_as_train():
+    named = [{"id": "a", "split": "train"}, {"id": "b", "split": "val"}, {"id": "c"}]
+    assert [r["id"] for r in split_records(named, "val")] == ["b"]
+    assert [r["id"] for r in split_records(named, "train")] == ["a"]
+    assert split_records(named, None) == named
+    unsplit = [{"id": "a"}, {"id": "b"}]
+    assert split_records(unsplit, "train") == unsplit and split_records(unsplit, "val") == []

@@ -53,6 +53,21 @@ def test_losing_an_untouched_object_is_not_kept(edits):
     assert not score_edit(grey, edits[0])["correct"]
 
 
+def test_one_fewer_of_a_class_may_drop_any_of_its_instances(edits):
+    e = next(x for x in edits if x.kind == "count" and x.edited
+             and sum(o.name == x.source.objects[x.edited[0]].name for o in x.source.objects) >= 2)
+    i = e.edited[0]
+    j = next(k for k, o in enumerate(e.source.objects) if k != i and o.name == e.source.objects[i].name)
+    other = replace(e.source, objects=e.source.objects[:j] + e.source.objects[j + 1:])  # drops the other instance
+    assert score_edit(render(other, 64), e)["correct"]
+    both = replace(e.source, objects=tuple(o for k, o in enumerate(e.source.objects) if k not in (i, j)))
+    assert not score_edit(render(both, 64), e)["followed"]  # two fewer
+    region = unedited_region(e, 64)
+    for k in (i, j):  # neither instance's place is scored for Recon-PSNR
+        x0, y0, x1, y1 = (round(v * 64) for v in e.source.objects[k].box)
+        assert not region[(y0 + y1) // 2, (x0 + x1) // 2]
+
+
 def test_recon_psnr_matches_its_formula_over_the_unedited_region(edits):
     e = next(x for x in edits if x.kind == "remove")
     region = unedited_region(e, 64)

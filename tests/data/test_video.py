@@ -135,10 +135,10 @@ def test_corrupt_and_short_clips_are_skipped_and_counted(made, tmp_path):
     (tmp_path / "bad.mp4").write_bytes(b"garbage" * 100)
     write_clip(render_clip(sample_clip(np.random.default_rng(1), 2), SIZE), tmp_path / "short")
     broken = [{**records[0], "video": str(tmp_path / "bad.mp4")}, {**records[0], "video": str(tmp_path / "short")},
-              *records]
+              {**records[0], "video": str(tmp_path / "missing.mp4")}, *records]
     data = ClipDataset(broken, "t2i", SIZE, frames=FRAMES)
-    first = data[0]  # skips the corrupt and the 2-frame clip, lands on the next readable one
-    assert data.skips.count == 2 and torch.equal(first["image"], data[2]["image"])
+    first = data[0]  # skips the corrupt, the 2-frame and the missing clip, lands on the next readable one
+    assert data.skips.count == 3 and torch.equal(first["image"], data[3]["image"])
 
 
 def test_load_clips_from_folders_and_manifests(made, frames, tmp_path):

@@ -11,7 +11,9 @@ import torch
 from hydra_umm.cli import main
 from hydra_umm.config import load_config
 from hydra_umm.data.datasets import collate_items
+from hydra_umm.data.manifest import read_manifest, write_manifest
 from hydra_umm.data.mixture import TaskMixture
+from hydra_umm.data.shapes import make_clip_dataset
 from hydra_umm.models.hydra import HydraModel
 from hydra_umm.models.hydra_xtok import HydraXTok
 from hydra_umm.train.recipes import X_RATIO_TASKS, open_sources, stage_ratios
@@ -50,6 +52,18 @@ def test_shapes_clip_and_edit_sources_give_every_hydra_x_task():
     assert batch["source"][2] is not None and batch["source"][0] is None
     val = open_sources("shapes-edits:7", ["edit"], 32, seed=0, split="val")["edit"]
     assert val[0]["prompt"] != edit["prompt"]  # each split draws its own edits
+
+
+def test_a_clip_manifest_gives_clip_tasks_and_anchor_frames_only_to_tokenizers(tmp_path):
+    manifest = make_clip_dataset(tmp_path, n=4, frames=5, size=32, seed=0)["manifests"]["train"]
+    umm = open_sources(manifest, ["caption", "t2i", "instruction", "video_caption", "video_instruction"], 32, 0, frames=5)
+    assert set(umm) == {"video_caption", "video_instruction"}  # its captions and questions are about its clips
+    assert umm["video_caption"][0]["image"].shape == (3, 5, 32, 32)
+    tok = open_sources(manifest, ["t2i"], 32, 0, frames=5, anchor_frames=True)["t2i"]
+    assert len(tok) == len(umm["video_caption"]) and tok[0]["image"].shape == (3, 32, 32)
+    unsplit = tmp_path / "unsplit.jsonl"  # a manifest naming no splits is all training data
+    write_manifest([{k: v for k, v in r.items() if k != "split"} for r in read_manifest(manifest)], unsplit)
+    assert len(open_sources(str(unsplit), ["video_caption"], 32, 0, frames=5)["video_caption"]) == len(tok)
 
 
 def test_train_umm_over_hydra_xtok_draws_every_task(tmp_path):

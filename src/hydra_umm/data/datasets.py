@@ -30,7 +30,7 @@ import webdataset as wds
 from PIL import Image
 from torch.utils.data import Dataset, IterableDataset
 
-from hydra_umm.data.manifest import read_manifest
+from hydra_umm.data.manifest import read_manifest, split_records
 from hydra_umm.data.shapes import render
 from hydra_umm.data.shapes.writer import indexed_splits, scene_record
 from hydra_umm.data.transforms import IMAGE_EXTENSIONS, ImageTransform
@@ -161,8 +161,8 @@ class RecordDataset(ImageItemDataset):
 
     @classmethod
     def from_manifest(cls, path: Union[str, Path], task: str, image_size: int, split: str | None = None):
-        """A JSONL manifest, optionally only the records of one ``split``."""
-        records = [r for r in read_manifest(path) if split is None or r.get("split") == split]
+        """A JSONL manifest, optionally only the records of one ``split`` (:func:`split_records`)."""
+        records = split_records(read_manifest(path), split)
         if not records:
             raise ValueError(f"{path}: no records" + (f" in split {split!r}" if split else ""))
         return cls(records, task, image_size)
@@ -314,20 +314,25 @@ class ShardDataset(IterableDataset):
                 if data is None:
                     raise UnreadableImage(name, f"no image under {self.IMAGE_KEYS}; keys {sorted(sample)}")
                 image = self.transform(load_image(data, name))
+                caption = self._caption(sample, name)
             except UnreadableImage as e:
                 self.skips.add(e)
                 continue
-            yield caption_item(image, self._caption(sample, name), self.task)
+            yield caption_item(image, caption, self.task)
 
     @staticmethod
     def _caption(sample: dict, name: str) -> str:
-        if "txt" in sample:
-            return sample["txt"].decode("utf-8").strip()
-        if "json" in sample:
-            meta = json.loads(sample["json"])
-            if "caption" in meta:
-                return str(meta["caption"])
-        raise ValueError(f"{name}: no caption (a 'txt' entry or a 'json' entry with a 'caption')")
+        """The sample's caption; a sample without a readable one is skipped and counted like a bad image."""
+        try:
+            if "txt" in sample:
+                return sample["txt"].decode("utf-8").strip()
+            if "json" in sample:
+                meta = json.loads(sample["json"])
+                if "caption" in meta:
+                    return str(meta["caption"])
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise UnreadableImage(name, f"unreadable caption ({type(e).__name__}: {e})") from None
+        raise UnreadableImage(name, "no caption (a 'txt' entry or a 'json' entry with a 'caption')")
 
 
 def collate_items(items: Sequence[dict]) -> dict:

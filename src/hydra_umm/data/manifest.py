@@ -41,6 +41,16 @@ def write_manifest(records: Iterable[dict], path: str | Path) -> Path:
     return path
 
 
+def split_records(records: list[dict], split: str | None) -> list[dict]:
+    """The records of ``split`` when the records name splits (all of them for None); a manifest that
+    names no splits is all "train"."""
+    if split is None:
+        return records
+    if any("split" in r for r in records):
+        return [r for r in records if r.get("split") == split]
+    return records if split == "train" else []
+
+
 def read_manifest(path: str | Path) -> list[dict]:
     """Read a JSONL manifest; ``image`` becomes an absolute path (relative ones are resolved
     against the manifest's folder). Blank lines are skipped. Raises ``ManifestError`` naming the

@@ -27,7 +27,7 @@ from typing import Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler
+from torch.utils.data import ConcatDataset, DataLoader, Dataset, IterableDataset, Sampler
 
 from hydra_umm.data.datasets import IMAGE_TASKS, TASKS, collate_items
 
@@ -108,7 +108,14 @@ class MixtureDataset(Dataset):
     @property
     def skipped(self) -> int:
         """Unreadable images skipped so far by all sources (in this process and its workers)."""
-        return sum(source.skips.count for source in self.sources.values() if hasattr(source, "skips"))
+        return sum(map(_skipped, self.sources.values()))
+
+
+def _skipped(source: Dataset) -> int:
+    """Unreadable images a source skipped, the parts of a concatenation of sources summed."""
+    if isinstance(source, ConcatDataset):
+        return sum(map(_skipped, source.datasets))
+    return source.skips.count if hasattr(source, "skips") else 0
 
 
 class StreamSampler(Sampler):

@@ -50,11 +50,16 @@ class ImageTransform:
         return to_tensor(resize_crop(image, self.size))
 
 
+def to_uint8(images: torch.Tensor) -> torch.Tensor:
+    """Pixels in [-1, 1] (any shape) -> uint8 [0, 255], rounded as a saved image is."""
+    return ((images.detach().float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+
+
 def to_pil(images: torch.Tensor) -> list[Image.Image]:
     """(B, 3, H, W) or (3, H, W) in [-1, 1] -> list of RGB PIL images."""
     if images.dim() == 3:
         images = images.unsqueeze(0)
     if images.dim() != 4 or images.shape[1] != 3:
         raise ValueError(f"expected (B, 3, H, W) or (3, H, W) images, got shape {tuple(images.shape)}")
-    pixels = ((images.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)
+    pixels = to_uint8(images.cpu())
     return [Image.fromarray(p.permute(1, 2, 0).numpy()) for p in pixels]

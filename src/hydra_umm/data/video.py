@@ -21,7 +21,7 @@ import torch
 from PIL import Image
 
 from hydra_umm.data.datasets import ImageItemDataset, UnreadableImage, caption_item, check_task, load_image, qa_item
-from hydra_umm.data.manifest import read_manifest
+from hydra_umm.data.manifest import read_manifest, split_records
 from hydra_umm.data.transforms import IMAGE_EXTENSIONS, resize_crop, to_pil, to_tensor
 
 VIDEO_EXTENSIONS = (".mp4", ".webm", ".mkv", ".avi", ".mov")
@@ -182,9 +182,9 @@ class ClipDataset(ImageItemDataset):
     def from_manifest(cls, path: Union[str, Path], task: str, image_size: int, frames: int,
                       split: str | None = None) -> "ClipDataset":
         """A JSONL clip manifest (relative ``video`` paths resolved against its folder), optionally
-        only the records of one ``split``."""
+        only the records of one ``split`` (:func:`split_records`)."""
         root = Path(path).resolve().parent
-        records = [r for r in read_manifest(path) if split is None or r.get("split") == split]
+        records = split_records(read_manifest(path), split)
         for r in records:
             if "video" in r:
                 r["video"] = str(resolve(r["video"], root))
@@ -199,7 +199,10 @@ class ClipDataset(ImageItemDataset):
         i, j = self.index[index]
         record = self.records[i]
         video = record["video"]
-        frames = read_frames(video) if isinstance(video, (str, Path)) else list(video)
+        try:
+            frames = read_frames(video) if isinstance(video, (str, Path)) else list(video)
+        except FileNotFoundError as e:  # skipped and counted, as a missing image is
+            raise UnreadableImage(str(video), str(e)) from None
         if len(frames) < self.frames:
             raise UnreadableImage(str(video) if isinstance(video, (str, Path)) else f"record {index}",
                                   f"{len(frames)} frames, fewer than the {self.frames} asked for")

@@ -29,12 +29,12 @@ from torch.utils.data import ConcatDataset, Dataset
 from hydra_umm.config import Config, adopt_run_keys, to_dict
 from hydra_umm.data.datasets import (IMAGE_TASKS, RECORD_TASKS, ConversationDataset, RecordDataset, ShardDataset,
                                      shapes_records)
-from hydra_umm.data.manifest import read_manifest
+from hydra_umm.data.manifest import read_manifest, split_records
 from hydra_umm.data.mixture import MixtureDataset, TaskMixture, mixture_stream, shard_stream
 from hydra_umm.data.transforms import ImageTransform
 from hydra_umm.train.distributed import (DistEnv, checkpoint_activations, data_parallel, full_model_state,
                                          init_distributed, shard)
-from hydra_umm.train.engine import Trainer
+from hydra_umm.train.engine import Trainer, to_device
 from hydra_umm.train.schedule import build_optimizer
 
 log = logging.getLogger(__name__)
@@ -56,13 +56,6 @@ SHAPES_DEFAULT_SCENES = 2000
 # ------------------------------------------------------------------------------------ data
 
 
-def _split_records(records: list[dict], split: str) -> list[dict]:
-    """The records of ``split`` when the records name splits; all of them for "train" otherwise."""
-    if any("split" in r for r in records):
-        return [r for r in records if r.get("split") == split]
-    return records if split == "train" else []
-
-
 def stage_ratios(cfg: Config) -> dict[str, float]:
     """The mixture of a HYDRA (or HYDRA-X) stage: ``train.ratios`` or the stage's default, as task -> ratio.
     HYDRA takes 3 numbers (instruction : caption : t2i), HYDRA-X 7 in the paper's Tab. 8 order or 8
@@ -74,22 +67,28 @@ def stage_ratios(cfg: Config) -> dict[str, float]:
             raise ValueError(f"HYDRA-X's train.ratios give 7 or 8 numbers for {' : '.join(X_RATIO_TASKS)} "
                              f"(the 8th optional), got {ratios}")
         return dict(zip(X_RATIO_TASKS, ratios + [0.0] * (8 - len(ratios))))
-    ratios = list(given or STAGE_RATIOS[cfg.stage])
+    return image_ratios(given or STAGE_RATIOS[cfg.stage])
+
+
+def image_ratios(ratios: Sequence[float]) -> dict[str, float]:
+    """instruction : caption : t2i as task -> ratio (HYDRA's stages, Harmon)."""
     if len(ratios) != len(IMAGE_TASKS):
-        raise ValueError(f"train.ratios give {len(IMAGE_TASKS)} numbers for {' : '.join(IMAGE_TASKS)}, got {ratios}"
-                         " (HYDRA-X's video and edit tasks need umm.xtok=true)")
+        raise ValueError(f"train.ratios give {len(IMAGE_TASKS)} numbers for {' : '.join(IMAGE_TASKS)}, got "
+                         f"{list(ratios)} (HYDRA-X's video and edit tasks need umm.xtok=true)")
     return dict(zip(IMAGE_TASKS, ratios))
 
 
 def open_sources(data: str, tasks: Sequence[str], image_size: int, seed: int, split: str = "train",
-                 frames: int = 17) -> dict[str, Dataset]:
+                 frames: int = 17, anchor_frames: bool = False) -> dict[str, Dataset]:
     """Map-style datasets per task from ``data``, comma-separated specs:
 
     ``shapes`` or ``shapes:N`` (the shapes world in memory, N scenes), ``shapes-clips[:N]`` (N clips
     of the shapes world in motion, in memory), ``shapes-edits[:N]`` (N shapes-world edits, N/10 in
     the other splits), a ``.jsonl`` manifest (of images, or of clips when its records have
     ``video``), an image folder (captions from ``.txt`` files beside the images), a LLaVA ``.json``
-    (instruction data only; images relative to its folder). Clips have ``frames`` frames (longer ones are cut). Several
+    (instruction data only; images relative to its folder). Clips have ``frames`` frames (longer ones are cut). A clip
+    manifest's captions and questions are about its clips, so it gives the image tasks nothing, unless
+    ``anchor_frames`` (the tokenizers, which read no text) takes its anchor frames as images. Several
     sources of one task are concatenated. Tasks a source cannot give are left to the other sources.
     """
     from hydra_umm.data.datasets import EditDataset
@@ -125,9 +124,11 @@ def open_sources(data: str, tasks: Sequence[str], image_size: int, seed: int, sp
                 found["instruction"].append(ConversationDataset(spec, Path(spec).parent, image_size))
             continue
         elif spec.endswith(".jsonl"):
-            records = _split_records(read_manifest(spec), split)
+            records = split_records(read_manifest(spec), split)
             if any("video" in r for r in records):
                 add_clips(lambda task: ClipDataset.from_manifest(spec, task, image_size, frames, split))
+                if not anchor_frames:
+                    continue
         elif Path(spec).is_dir():
             if split != "train":
                 continue
@@ -142,24 +143,27 @@ def open_sources(data: str, tasks: Sequence[str], image_size: int, seed: int, sp
     return {t: ds[0] if len(ds) == 1 else ConcatDataset(ds) for t, ds in found.items() if ds}
 
 
-def _stream(cfg: Config, ratios: Mapping[str, float], image_size: int, env: DistEnv):
-    """The resumable training batch stream of this rank, and the mixture (for its skip count)."""
+def _stream(cfg: Config, ratios: Mapping[str, float], image_size: int, env: DistEnv, anchor_frames: bool = False):
+    """The resumable training batch stream of this rank, and the mixture (for its skip count);
+    ``anchor_frames`` as :func:`open_sources` takes it."""
     train = cfg.train
     if ".tar" in cfg.data:  # webdataset shards: one image-caption stream (tokenizer data)
         dataset = ShardDataset(cfg.data, "t2i", image_size)
         return shard_stream(dataset, train.batch_size, train.num_workers), dataset
     tasks = [t for t, r in ratios.items() if r > 0]
-    sources = open_sources(cfg.data, tasks, image_size, cfg.seed, frames=train.clip_frames)
+    sources = open_sources(cfg.data, tasks, image_size, cfg.seed, frames=train.clip_frames, anchor_frames=anchor_frames)
     group = train.batch_size if train.task_per_batch else 1
     mixture = MixtureDataset(sources, TaskMixture(ratios, seed=cfg.seed, block=train.mixture_block, group=group))
     return mixture_stream(mixture, train.batch_size, env.rank, env.world_size, train.num_workers), mixture
 
 
-def _validation_batches(cfg: Config, tasks: Sequence[str], image_size: int, count: int) -> list[list[dict]]:
+def _validation_batches(cfg: Config, tasks: Sequence[str], image_size: int, count: int,
+                        anchor_frames: bool = False) -> list[list[dict]]:
     """A few fixed validation batches (item lists) from the "val" split, or none when there is none."""
     if ".tar" in cfg.data:
         return []
-    sources = open_sources(cfg.data, tasks, image_size, cfg.seed, split="val", frames=cfg.train.clip_frames)
+    sources = open_sources(cfg.data, tasks, image_size, cfg.seed, split="val", frames=cfg.train.clip_frames,
+                           anchor_frames=anchor_frames)
     items = [sources[t][i] for t in tasks if t in sources for i in range(min(count, len(sources[t])))]
     size = cfg.train.batch_size
     return [items[i : i + size] for i in range(0, len(items), size)]
@@ -207,7 +211,7 @@ def _fit(trainee: nn.Module, model: nn.Module, optimizer, scheduler, data, mixtu
     def validate(module: nn.Module, step: int) -> dict[str, float]:
         totals: dict[str, float] = {}
         for items in val:
-            for k, v in module(collate_items(items)).items():
+            for k, v in module(to_device(collate_items(items), env.device)).items():
                 totals[k] = totals.get(k, 0.0) + float(v) / len(val)
         sample(step)
         return {**totals, "data_skipped": float(_skipped(mixture))}
@@ -256,15 +260,15 @@ def train_tokenizer(cfg: Config) -> Path:
     tok.to(env.device)
     size = tok.cfg.image_size
     if stage == 2:  # the encoder is final: record its latent statistics (HYDRA's flow works on standardised z)
-        batches, _ = _stream(cfg, {"t2i": 1.0}, size, env)
+        batches, _ = _stream(cfg, {"t2i": 1.0}, size, env, anchor_frames=True)
         count = -(-cfg.train.latent_stats_images // cfg.train.batch_size)
         tok.record_latent_stats(batch["image"].to(env.device) for _, batch in zip(range(count), batches))
     if cfg.train.activation_checkpointing:
         checkpoint_activations(tok, (Block,))
     objective = data_parallel(TokenizerObjective(tok, stage), env)
     optimizer, scheduler = build_optimizer(components, cfg.train, tok)
-    data, mixture = _stream(cfg, {"t2i": 1.0}, size, env)
-    val = _validation_batches(cfg, ["t2i"], size, count=cfg.train.batch_size)
+    data, mixture = _stream(cfg, {"t2i": 1.0}, size, env, anchor_frames=True)
+    val = _validation_batches(cfg, ["t2i"], size, count=cfg.train.batch_size, anchor_frames=True)
     out_dir = Path(cfg.train.out_dir)
 
     def sample(step: int) -> None:
@@ -379,8 +383,8 @@ def train_harmon(cfg: Config) -> Path:
         components = {"encoder": [*vae.encoder.parameters(), *vae.quant_conv.parameters()],
                       "decoder": [*vae.decoder.parameters(), *vae.post_quant_conv.parameters()]}
         optimizer, scheduler = build_optimizer(components, cfg.train, vae)
-        data, mixture = _stream(cfg, {"t2i": 1.0}, size, env)
-        val = _validation_batches(cfg, ["t2i"], size, count=cfg.train.batch_size)
+        data, mixture = _stream(cfg, {"t2i": 1.0}, size, env, anchor_frames=True)
+        val = _validation_batches(cfg, ["t2i"], size, count=cfg.train.batch_size, anchor_frames=True)
 
         def reconstruct(step: int) -> None:
             if val and env.is_main:
@@ -403,7 +407,7 @@ def train_harmon(cfg: Config) -> Path:
     model.to(env.device)
     if cfg.train.activation_checkpointing:
         checkpoint_activations(model, (Block, type(model.llm.model.layers[0])))
-    ratios = dict(zip(IMAGE_TASKS, cfg.train.ratios or HARMON_RATIOS))
+    ratios = image_ratios(cfg.train.ratios or HARMON_RATIOS)
     data, mixture = _stream(cfg, ratios, size, env)
     val = _validation_batches(cfg, [t for t, r in ratios.items() if r > 0], size, count=2)
     optimizer, scheduler = build_optimizer(model.param_groups(), cfg.train, model)
@@ -440,15 +444,13 @@ def _clip_dataset(manifests: Sequence[str], image_size: int, split: str) -> Data
 
     parts = []
     for path in manifests:
-        records = read_manifest(path)
-        chosen = _split_records(records, split)
+        chosen = split_records(read_manifest(path), split)
         if not chosen:
             continue
         if any("frames" not in r for r in chosen):
             raise ValueError(f"{path}: clip records need their frame count under 'frames'")
         frames = 1 + 4 * ((min(int(r["frames"]) for r in chosen) - 1) // 4)
-        names_splits = any("split" in r for r in records)
-        parts.append(ClipDataset.from_manifest(path, "t2i", image_size, frames, split if names_splits else None))
+        parts.append(ClipDataset.from_manifest(path, "t2i", image_size, frames, split))
     if len({part.frames for part in parts}) > 1:
         raise ValueError(f"clip manifests of different lengths {sorted({part.frames for part in parts})} frames: "
                          "give clips of one length")
@@ -532,7 +534,7 @@ def train_xtok(cfg: Config) -> Path:
         raise ValueError(f"no training clips in {manifests}")
 
     def streams() -> AlternatingStream:
-        images, image_source = _stream(cfg, {"t2i": 1.0}, size, env)
+        images, image_source = _stream(cfg, {"t2i": 1.0}, size, env, anchor_frames=True)
         clip_source = MixtureDataset({"t2i": clip_set}, TaskMixture([0, 0, 1], seed=cfg.seed, block=train.mixture_block))
         clips = mixture_stream(clip_source, train.batch_size, env.rank, env.world_size, train.num_workers)
         return AlternatingStream(images, image_source, clips, clip_source)
@@ -546,7 +548,7 @@ def train_xtok(cfg: Config) -> Path:
     optimizer, scheduler = build_optimizer(components, train, tok)
     data = streams()
     val_clips = _clip_dataset(manifests, size, "val")
-    val = _validation_batches(cfg, ["t2i"], size, count=train.batch_size)
+    val = _validation_batches(cfg, ["t2i"], size, count=train.batch_size, anchor_frames=True)
     if val_clips is not None:
         items = [val_clips[i] for i in range(min(train.batch_size, len(val_clips)))]
         val.append(items)

@@ -218,11 +218,20 @@ def _box_mask(objects: Sequence[ShapeObject], side: int, margin: int = REGION_MA
     return mask
 
 
+def _may_change(edit: Edit) -> list[int]:
+    """The source objects an output may change: the edited ones, and for one fewer of a class any of
+    its instances (the instruction names the class, not the instance the target happens to drop)."""
+    if edit.kind == "count" and edit.edited:
+        name = edit.source.objects[edit.edited[0]].name
+        return [i for i, o in enumerate(edit.source.objects) if o.name == name]
+    return list(edit.edited)
+
+
 def unedited_region(edit: Edit, side: int) -> np.ndarray:
     """(side, side) bool: the pixels the edit should leave as they are."""
     if edit.kind == "background":
         return _box_mask(edit.source.objects, side)
-    changed = [edit.source.objects[i] for i in edit.edited] + [edit.target.objects[i] for i in edit.added]
+    changed = [edit.source.objects[i] for i in _may_change(edit)] + [edit.target.objects[i] for i in edit.added]
     return ~_box_mask(changed, side)
 
 
@@ -246,12 +255,17 @@ def score_edit(output: Image.Image, edit: Edit | Mapping, source: Optional[Image
         raise ValueError(f"expected a square image, got {output.size}")
     source = source if source is not None else render(edit.source, side)
     found = [_as_fraction(d, side) for d in detect(output)]
-    kept_objects = [o for i, o in enumerate(edit.source.objects) if i not in edit.edited]
+    may_change = _may_change(edit)
+    kept_objects = [o for i, o in enumerate(edit.source.objects) if i not in may_change]
     pairs, rest = _match(kept_objects, found)
     kept = len(pairs) == len(kept_objects)
     left = [found[b] for b in rest]
     new = [edit.target.objects[i] for i in edit.added]
-    if edit.kind in ("replace", "alter"):  # the new look, at the old place
+    if edit.kind == "count" and edit.edited:  # one fewer: all but one of the class stay where they were
+        stayed, extra = _match([edit.source.objects[i] for i in may_change], left)
+        kept = kept and len(stayed) >= len(may_change) - 1
+        followed = len(stayed) == len(may_change) - 1 and not extra
+    elif edit.kind in ("replace", "alter"):  # the new look, at the old place
         followed = len(_match(new, left)[0]) == 1 and len(left) == 1
     elif edit.kind == "move":
         anchor = edit.source.objects[edit.anchor]
