@@ -1,5 +1,7 @@
 """The LM wrapper, the text tokenizer, the mixed sequence layout and mask, and the vision head."""
 
+import copy
+
 import pytest
 import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
@@ -91,6 +93,11 @@ def test_tiny_lm_has_the_configured_sizes_and_loads_from_a_local_path(cfg, lm, t
     loaded = build_language_model(cfg_path.llm)
     for (name, a), (_, b) in zip(lm.state_dict().items(), loaded.state_dict().items()):
         assert torch.equal(a, b), name
+    bf16 = copy.deepcopy(lm).to(torch.bfloat16)  # as Qwen2.5 ships: weights and config in bf16
+    bf16.save_pretrained(str(tmp_path / "bf16"))
+    for checkpoint in (build_language_model(load_config("tiny", [f"llm.path={tmp_path / 'bf16'}"]).llm),
+                       build_language_model(cfg.llm, bf16.config)):  # the skeleton HydraModel.from_pretrained builds
+        assert {p.dtype for p in checkpoint.parameters()} == {torch.float32}
 
 
 # ------------------------------------------------------------------------------ layout and mask

@@ -13,17 +13,14 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
+from hydra_umm.eval.cknna import pool_tokens  # noqa: E402
+
 METHODS = ("tsne", "pca")
 
 
 def _matrix(features: torch.Tensor | np.ndarray) -> np.ndarray:
-    """(n, d) float64; token features (n, tokens, d) are mean-pooled over tokens."""
-    f = np.asarray(features.detach().cpu() if isinstance(features, torch.Tensor) else features, dtype=np.float64)
-    if f.ndim == 3:
-        f = f.mean(axis=1)
-    if f.ndim != 2:
-        raise ValueError(f"features must be (n, d) or (n, tokens, d), got shape {f.shape}")
-    return f
+    """(n, d) float64; token features (n, tokens, d) are mean-pooled over tokens (:func:`pool_tokens`)."""
+    return pool_tokens(features).cpu().double().numpy()
 
 
 def embed_2d(features: torch.Tensor | np.ndarray, method: str = "tsne", seed: int = 0) -> np.ndarray:

@@ -18,6 +18,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from hydra_umm.data.transforms import to_uint8
+
 INCEPTION_FILE = "pt_inception-2015-12-05-6726825d.pth"
 INCEPTION_URLS = (
     "https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/pt_inception-2015-12-05-6726825d.pth",
@@ -80,8 +82,7 @@ def inception_features(net: torch.nn.Module, images: torch.Tensor, batch_size: i
     device = next(net.parameters()).device
     out = []
     for chunk in images.split(batch_size):
-        uint8 = ((chunk.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8)  # the network's input
-        (feats,) = net(uint8.to(device))
+        (feats,) = net(to_uint8(chunk).to(device))  # the network's input: 8-bit images
         out.append(feats.double().cpu())
     return torch.cat(out).numpy()
 

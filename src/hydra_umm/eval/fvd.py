@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from hydra_umm.data.transforms import to_uint8
 from hydra_umm.eval.frechet import fid_from_features
 from hydra_umm.eval.metrics import psnr, ssim
 
@@ -72,8 +73,7 @@ def i3d_features(net: torch.nn.Module, clips: torch.Tensor, batch_size: int = 8)
     device = next(iter(net.parameters())).device
     out = []
     for chunk in clips.split(batch_size):
-        pixels = ((chunk.float().clamp(-1, 1) + 1) * 127.5).round()  # [0, 255]
-        out.append(net(pixels.to(device), **I3D_KWARGS).double().cpu())
+        out.append(net(to_uint8(chunk).float().to(device), **I3D_KWARGS).double().cpu())  # [0, 255]
     return torch.cat(out).numpy()
 
 

@@ -19,7 +19,7 @@ import torch
 from PIL import Image
 
 from hydra_umm.data.manifest import read_manifest
-from hydra_umm.data.transforms import IMAGE_EXTENSIONS, resize_crop, to_tensor
+from hydra_umm.data.transforms import IMAGE_EXTENSIONS, resize_crop, to_tensor, to_uint8
 from hydra_umm.data.video import load_clips
 from hydra_umm.eval.frechet import load_inception, rfid
 from hydra_umm.eval.fvd import clip_reconstruction_metrics, load_i3d
@@ -115,5 +115,5 @@ def evaluate_clip_reconstruction(
         recon = tokenizer.decode(tokenizer.encode(chunk.to(device)), steps=steps, generator=generator)
         if recon.shape != chunk.shape:
             raise ValueError(f"the tokenizer turned clips {tuple(chunk.shape)} into {tuple(recon.shape)}")
-        recons.append(((recon.float().clamp(-1, 1).cpu() + 1) * 127.5).round() / 127.5 - 1)  # 8-bit frames
+        recons.append(to_uint8(recon.cpu()).float() / 127.5 - 1)  # 8-bit frames
     return clip_reconstruction_metrics(clips, torch.cat(recons), net)

@@ -253,8 +253,8 @@ class HydraPipeline(TokenizerPipeline):
         check_frame_count(frames)
         z = self.generate_latents(prompts, steps, cfg_scale, sampler, seed, use_cache, progress,
                                   frames=1 + (frames - 1) // TIME_COMPRESSION)
-        clips = self.model.decode(z if frames > 1 else z[:, None])  # (B, 3, frames, H, W)
-        return [tensor_to_frames(c) for c in clips]
+        clips = self.model.decode(z if frames > 1 else z[:, None], generator=self._generator(seed + 1))
+        return [tensor_to_frames(c) for c in clips]  # c: (3, frames, H, W)
 
     @torch.no_grad()
     def edit(

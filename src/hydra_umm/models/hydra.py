@@ -345,7 +345,7 @@ class HydraModel(nn.Module):
         if isinstance(tok, HydraXTok):
             return tok.sem_latents(z.unflatten(2, tok.grid), "tubelet" if form == "edit" else None).flatten(2, 3)
         # HYDRA-TOK (images): its Sem-ViT reads the GSB reconstruction of unstandardised latents
-        return tok.sem_features(tok.bottleneck.reconstruct(tok.unstandardise(z.flatten(0, 1)))).unflatten(0, z.shape[:2])
+        return tok.sem_features(tok.sem_input(tok.unstandardise(z.flatten(0, 1)))).unflatten(0, z.shape[:2])
 
     def visual_tokens(self, z_t: Tensor, t: Tensor, form: str = "image") -> Tensor:
         """Standardised latents at flow time t -> LLM inputs: images z_t (M, N, c), t (M,) -> (M, N, width);

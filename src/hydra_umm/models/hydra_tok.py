@@ -189,6 +189,10 @@ class HydraTok(nn.Module):
         """Sem-ViT patch tokens s (B, N, D) from reconstructed features h' (B, N, D)."""
         return self._sem(h_prime, {})
 
+    def sem_input(self, z: Tensor) -> Tensor:
+        """The GSB reconstruction h' (..., N, D) Sem-ViT reads from latents z (..., N, c) as encoded."""
+        return self.bottleneck.reconstruct(z)
+
     def encode(self, images: Tensor, sample: bool = False, generator: Optional[torch.Generator] = None) -> Tensor:
         """z (B, N, c): the posterior mean, or a draw from the posterior with ``sample=True``."""
         mu, logvar = self.bottleneck.compress(self.gen_features(images))
@@ -196,7 +200,7 @@ class HydraTok(nn.Module):
 
     def semantic(self, images: Tensor) -> Tensor:
         """Semantic features s (B, N, D) of clean images (through the posterior mean)."""
-        return self.sem_features(self.bottleneck.reconstruct(self.encode(images)))
+        return self.sem_features(self.sem_input(self.encode(images)))
 
     @torch.no_grad()
     def record_latent_stats(self, batches: Iterable[Tensor]) -> None:
@@ -227,7 +231,7 @@ class HydraTok(nn.Module):
         (the deterministic path; the counterpart of :meth:`teacher_features`)."""
         taps = dict.fromkeys(self.cfg.distill_layers)
         mu, _ = self.bottleneck.compress(self._gen(images, taps))
-        self._sem(self.bottleneck.reconstruct(mu), taps)
+        self._sem(self.sem_input(mu), taps)
         return taps
 
     @torch.no_grad()
@@ -314,7 +318,7 @@ class HydraTok(nn.Module):
             h = self._gen(images, taps)
             mu, logvar = self.bottleneck.compress(h)
             z = self.bottleneck.sample(mu, logvar, generator)
-            h_prime = self.bottleneck.reconstruct(z)
+            h_prime = self.sem_input(z)
             self._sem(h_prime, taps)  # Sem-ViT's part of the student taps (its output s has no loss of its own)
             teacher = self.teacher_features(images)
             losses, _ = self._decoder_losses(images, z, generator)

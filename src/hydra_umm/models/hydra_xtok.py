@@ -236,6 +236,10 @@ class HydraXTok(HydraTok):
         mu, logvar = self.bottleneck.compress(self._gen_clip(x, {}))
         return self._as_grid(self.bottleneck.sample(mu, logvar, generator) if sample else mu)
 
+    def sem_input(self, z: Tensor) -> Tensor:
+        """HYDRA-XTok's Sem-ViT reads the GSB reconstruction of standardised latents (the unified model's z)."""
+        return self.bottleneck.reconstruct(self.standardise(z))
+
     def sem_latents(self, z: Tensor, attention: Optional[str] = None) -> Tensor:
         """Sem-ViT from standardised latents z (B, F, h, w, c) -> s (B, F, h, w, D): the unified
         model's entry (clean or noised latent frames)."""
@@ -254,7 +258,7 @@ class HydraXTok(HydraTok):
         each from the image path alone (no cross-frame attention in Gen-ViT), and semantic features
         s (B, 2, N, D) from Sem-ViT over both with the tubelet mask (s_src sees z_src only)."""
         z = torch.stack([self.encode(source), self.encode(target)], dim=1)
-        return z, self._sem_clip(self.bottleneck.reconstruct(self.standardise(z)), {}, "tubelet")
+        return z, self._sem_clip(self.sem_input(z), {}, "tubelet")
 
     def decompress(self, s: Tensor) -> Tensor:
         """Sem-ViT features of the compressed frames (B, F, h, w, D) -> per frame (B, 4F, h, w, D)."""
@@ -329,7 +333,7 @@ class HydraXTok(HydraTok):
             h = self._gen_clip(clip, {})
             mu, logvar = self.bottleneck.compress(h)
             z = self.bottleneck.sample(mu, logvar, generator)
-            h_prime = self.bottleneck.reconstruct(self.standardise(z))
+            h_prime = self.sem_input(z)
             losses, _ = self._decoder_losses(frames.flatten(0, 1), self._frame_latents(z).flatten(0, 1), generator)
             losses["loss_kl"] = kl_loss(mu, logvar)
             losses["loss_cons"] = consistency_loss(h_prime, h, cfg.cons_stop_grad)
@@ -343,7 +347,7 @@ class HydraXTok(HydraTok):
             with torch.no_grad():
                 h = self._gen_clip(clip, {})
                 mu = self.bottleneck.compress(h)[0]
-            h_prime = self.bottleneck.reconstruct(self.standardise(mu))
+            h_prime = self.sem_input(mu)
             losses = {"loss_cons": consistency_loss(h_prime, h)}
             losses.update(self._distillation(frames, self._sem_clip(h_prime, {})))
         else:

@@ -38,11 +38,14 @@ def qwen2_config(cfg: LLMConfig) -> Qwen2Config:
 
 def build_language_model(cfg: LLMConfig, config: PretrainedConfig | None = None) -> PreTrainedModel:
     """The causal LM: the weights in ``cfg.path`` if set, else random weights of ``config`` (default:
-    :func:`qwen2_config` of ``cfg``). Pass ``config`` to build an empty skeleton for saved weights."""
+    :func:`qwen2_config` of ``cfg``). Pass ``config`` to build an empty skeleton for saved weights.
+    The weights are float32 like the rest of HYDRA even when the checkpoint's config names bfloat16
+    (as Qwen2.5's does; transformers would keep that dtype): bf16 runs autocast over fp32 masters."""
     if config is None and cfg.path:
-        return AutoModelForCausalLM.from_pretrained(cfg.path, attn_implementation=cfg.attn_implementation)
+        return AutoModelForCausalLM.from_pretrained(cfg.path, attn_implementation=cfg.attn_implementation,
+                                                    dtype=torch.float32)
     config = config if config is not None else qwen2_config(cfg)
-    return AutoModelForCausalLM.from_config(config, attn_implementation=cfg.attn_implementation)
+    return AutoModelForCausalLM.from_config(config, attn_implementation=cfg.attn_implementation, dtype=torch.float32)
 
 
 # ------------------------------------------------------------------------------ sequence layout

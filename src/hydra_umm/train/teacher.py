@@ -169,11 +169,6 @@ class SemanticTeacher(nn.Module):
         return head_losses(logits, targets, HEADS)
 
     @staticmethod
-    def predict(logits: dict[str, Tensor]) -> dict[str, Tensor]:
-        """Predicted targets, in the form :func:`scene_targets` gives them."""
-        return head_predictions(logits, HEADS)
-
-    @staticmethod
     def accuracy(predictions: dict[str, Tensor], targets: dict[str, Tensor]) -> dict[str, float]:
         """``acc_<target>`` and ``accuracy`` (:func:`head_accuracy`)."""
         return head_accuracy(predictions, targets, HEADS)

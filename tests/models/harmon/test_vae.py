@@ -28,6 +28,13 @@ def test_tokens_follow_the_stride_and_are_the_scaled_posterior_mode(vae):
         vae.decode(z[:, :10])
 
 
+def test_any_width_gets_a_group_norm_that_divides_it():
+    cfg = load_config("harmon-tiny", ["harmon.vae_channels=24", "harmon.vae_ch_mult=[1,2]", "harmon.image_size=16"])
+    vae = AutoencoderKL(cfg.harmon)  # 24 and 48 channels: 8 and 16 groups
+    assert {m.num_groups for m in vae.modules() if isinstance(m, torch.nn.GroupNorm)} == {8, 16}
+    assert vae.decode(vae.encode(torch.zeros(1, 3, 16, 16))).shape == (1, 3, 16, 16)
+
+
 def test_paper_preset_is_mars_kl16_with_its_key_names():
     cfg = load_config("harmon").harmon
     assert (cfg.latent_dim, cfg.latent_scale, cfg.vae_ch_mult) == (16, 0.2325, [1, 1, 2, 2, 4])

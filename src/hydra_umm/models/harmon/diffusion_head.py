@@ -41,11 +41,10 @@ def cosine_betas(steps: int, max_beta: float = 0.999) -> Tensor:
 
 
 def respaced_steps(steps: int, count: int) -> list[int]:
-    """``count`` evenly spaced steps of ``range(steps)``, first and last included (guided-diffusion)."""
-    if not 1 <= count <= steps:
-        raise ValueError(f"cannot respace {steps} diffusion steps to {count}")
-    if count == 1:
-        return [0]
+    """``count`` evenly spaced steps of ``range(steps)``, first and last included (guided-diffusion):
+    at least 2, since sampling starts from noise at the last step and ends at the first."""
+    if not 2 <= count <= steps:
+        raise ValueError(f"cannot respace {steps} diffusion steps to {count} (2 to {steps})")
     stride = (steps - 1) / (count - 1)
     return [round(i * stride) for i in range(count)]
 

@@ -11,6 +11,7 @@ blocks and in the deepest resolution level. Encoding returns the posterior mode 
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import torch
@@ -23,8 +24,8 @@ WEIGHTS_FILE = "vae.safetensors"
 
 
 def _norm(channels: int) -> nn.GroupNorm:
-    """LDM's GroupNorm of 32 groups (fewer below 32 channels, for tiny autoencoders)."""
-    return nn.GroupNorm(min(32, channels), channels, eps=1e-6)
+    """LDM's GroupNorm of 32 groups (fewer where 32 does not divide the channels: tiny autoencoders)."""
+    return nn.GroupNorm(math.gcd(32, channels), channels, eps=1e-6)
 
 
 class ResnetBlock(nn.Module):
@@ -166,9 +167,8 @@ class AutoencoderKL(nn.Module):
 
     def __init__(self, cfg: HarmonConfig):
         super().__init__()
-        if (cfg.vae_channels > 32 and cfg.vae_channels % 32) or not cfg.vae_ch_mult:
-            raise ValueError(f"vae_channels must be at most 32 or a multiple of 32 (GroupNorm) and vae_ch_mult "
-                             f"non-empty, got {cfg.vae_channels}, {cfg.vae_ch_mult}")
+        if not cfg.vae_ch_mult:
+            raise ValueError("vae_ch_mult must name at least one level")
         self.stride = 2 ** (len(cfg.vae_ch_mult) - 1)
         if cfg.image_size % self.stride:
             raise ValueError(f"image_size {cfg.image_size} is not a multiple of the autoencoder stride {self.stride}")
