@@ -82,6 +82,14 @@ def test_reparameterisation_draws_mean_plus_sigma_times_noise():
     assert torch.allclose(z, 0.5 + 2.0 * eps)
 
 
+def test_the_posterior_log_variance_is_bounded():
+    gsb = GenerationSemanticBottleneck(4, 2)
+    with torch.no_grad():
+        gsb.compress.proj.bias.copy_(torch.tensor([0.0, 0.0, 500.0, -500.0]))  # mu 0, logvar +-500 unclamped
+    mu, logvar = gsb.compress(torch.zeros(1, 3, 4))
+    assert logvar[..., 0].eq(20).all() and logvar[..., 1].eq(-30).all() and torch.isfinite(kl_loss(mu, logvar))
+
+
 @pytest.fixture(scope="module")
 def vgg_file(tmp_path_factory):
     """A random torchvision vgg16 state dict on disk, standing in for ImageNet weights."""

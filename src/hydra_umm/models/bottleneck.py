@@ -20,7 +20,8 @@ from hydra_umm.losses.distillation import cosine_distance
 
 
 class Compress(nn.Module):
-    """Linear(D -> 2c) split into the posterior mean and log-variance, each (B, N, c)."""
+    """Linear(D -> 2c) split into the posterior mean and log-variance, each (B, N, c); the
+    log-variance clamped to [-30, 20] as LDM's autoencoders do, so exp(logvar) stays finite."""
 
     def __init__(self, dim: int, latent_dim: int):
         super().__init__()
@@ -28,7 +29,7 @@ class Compress(nn.Module):
 
     def forward(self, h: Tensor) -> tuple[Tensor, Tensor]:
         mu, logvar = self.proj(h).chunk(2, dim=-1)
-        return mu, logvar
+        return mu, logvar.clamp(-30.0, 20.0)
 
 
 class GenerationSemanticBottleneck(nn.Module):
