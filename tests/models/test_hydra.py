@@ -119,6 +119,16 @@ def _grads(model, stage):
     return {name: [p.grad for p in ps] for name, ps in model.components().items()}
 
 
+def test_a_text_only_batch_still_gives_every_trainable_parameter_a_gradient(model):
+    model.set_stage("III")
+    model.zero_grad(set_to_none=True)
+    text = {"kind": "text", "image": None, "prompt": "a red", "target": "square"}
+    model(model.collate([text]))["loss"].backward()  # as every rank of sharded training must
+    assert all(p.grad is not None for p in model.parameters() if p.requires_grad)
+    model.set_stage("II")
+    model.zero_grad(set_to_none=True)
+
+
 @pytest.mark.parametrize("stage", ["I", "II", "III"])
 def test_gradients_reach_exactly_what_each_stage_trains(model, stage):
     grads = _grads(model, stage)

@@ -445,8 +445,9 @@ class HydraModel(nn.Module):
         hidden = self.sequence_hidden_states(lay, frames.get("visual"))
 
         targets = lay.labels[:, 1:].to(device)
-        # Both heads run on every batch; a term without samples is the head's output weighted 0, so
-        # every rank yields a gradient for every trainable parameter, as sharded training (FSDP2) needs.
+        # Both heads and the visual path run on every batch; a term without samples is their output
+        # weighted 0, so every rank yields a gradient for every trainable parameter, as sharded
+        # training (FSDP2) needs.
         has_target = targets != IGNORE
         if has_target.any():
             logits = self.llm.lm_head(hidden[:, :-1][has_target])
@@ -461,6 +462,9 @@ class HydraModel(nn.Module):
         else:
             loss_flow = 0.0 * self.vision_head(hidden[:, :1], hidden.new_zeros(len(hidden))).float().sum()
         loss = loss_ntp + self.cfg.umm.lambda_flow * loss_flow
+        if not frames:  # a text-only batch
+            idle = hidden.new_zeros(1, self.num_image_tokens, self.cfg.tokenizer.latent_dim)
+            loss = loss + 0.0 * self.visual_tokens(idle, hidden.new_ones(1)).float().sum()
         return {"loss": loss, "loss_ntp": loss_ntp.detach(), "loss_flow": loss_flow.detach()}
 
     # ------------------------------------------------------------------------------- save / load
