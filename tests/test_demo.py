@@ -6,7 +6,7 @@ import json
 import yaml
 
 from hydra_umm.config import load_config
-from hydra_umm.demo import CHANCE, run_demo
+from hydra_umm.demo import CHANCE, run_demo, training_curves
 
 from micro_plan import MICRO, planned
 
@@ -34,6 +34,16 @@ def test_demo_runs_every_stage_and_reuses_them(micro_demo):
     said = []
     run_demo(tmp_path, MICRO, say=said.append)
     assert not [line for line in said if line.startswith(("[1/4]", "[2/4]"))]  # only evaluation again
+
+
+def test_the_report_draws_each_loss_of_the_demos_own_stages(micro_demo):
+    curves = training_curves(micro_demo[0], MICRO)
+    assert {"HYDRA-TOK stage 1: loss_distill", "HYDRA-TOK stage 2: loss", "HYDRA stages I-II-III: loss_flow",
+            "HYDRA stages I-II-III: loss_ntp"} <= set(curves)
+    assert all(tag.startswith(("HYDRA-TOK stage", "HYDRA stages")) for tag in curves)  # no other run's curves
+    flow = curves["HYDRA stages I-II-III: loss_flow"]
+    assert {"train", "val"} <= set(flow)
+    assert sorted(step for step, _ in flow["train"]) == [1, 2, 3, 4]  # stages I (2 steps), II and III counted on
 
 
 def test_the_ablation_trains_each_task_alone_and_reports_it_beside_the_joint_run(micro_demo):

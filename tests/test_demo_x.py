@@ -35,6 +35,11 @@ def test_the_hydra_x_demo_runs_every_step_and_reuses_them(tmp_path):
     again = []
     run_demo_x(tmp_path, MICRO, say=again.append)
     assert not any("HYDRA-X stage" in line or "rendering" in line for line in again)  # reused
+    video_only = []
+    assert set(run_demo_x(tmp_path, MICRO, edit=False, say=video_only.append)) == {"video understanding",
+                                                                                   "video generation"}
+    assert any("HYDRA-X stage I" in line for line in video_only)  # not the model trained with edits too
+    assert (root / "hydra-x-III-video" / "model").is_dir()
 
 
 def test_ratios_switch_tasks_off_and_plans_are_checked():

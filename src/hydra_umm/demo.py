@@ -159,6 +159,26 @@ def _train_hydra(out: Path, plan: DemoPlan, ratios: dict[str, tuple[float, ...]]
     return previous
 
 
+def training_curves(out: Path, plan: DemoPlan) -> dict[str, dict[str, list[tuple[int, float]]]]:
+    """The report's curves: every loss term of each HYDRA-TOK stage, and of HYDRA's stages run one
+    after another (steps counted on through them), train and validation in one panel."""
+    from hydra_umm.eval import read_scalars
+
+    groups = {f"HYDRA-TOK stage {s}": {f"tokenizer-{s}": n} for s, n in plan.tokenizer_steps.items()}
+    groups[f"HYDRA stages {'-'.join(plan.umm_steps)}"] = {f"hydra-{s}": n for s, n in plan.umm_steps.items()}
+    curves: dict[str, dict[str, list[tuple[int, float]]]] = {}
+    for title, runs in groups.items():
+        offset = 0
+        for run, steps in runs.items():
+            for tag, points in read_scalars(out / run / "tensorboard").items():
+                split, _, term = tag.partition("/")
+                if split in ("train", "val") and term.startswith("loss"):
+                    curves.setdefault(f"{title}: {term}", {}).setdefault(split, []).extend(
+                        (offset + step, value) for step, value in points)
+            offset += steps
+    return curves
+
+
 def _tokenizer_run(plan: DemoPlan) -> str:
     """The demo's final tokenizer, relative to the demo folder."""
     return f"tokenizer-{list(plan.tokenizer_steps)[-1]}/model"
@@ -297,6 +317,7 @@ def run_demo(out: str | Path = "runs/demo", plan: str | DemoPlan = "full", say=p
         prompts=report_prompts(out, plan),
         qa_records=read_manifest(data_dir / "test.jsonl")[:4],
         scorer=score_shapes_image,
+        curves=training_curves(out, plan),
     )
     recon, gen, und = results["reconstruction"], results["generation"], results["understanding"]
     say(f"\nreconstruction: PSNR {recon['psnr']:.2f} dB, SSIM {recon['ssim']:.3f}")

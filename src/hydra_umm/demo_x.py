@@ -100,8 +100,9 @@ def train_x(root: Path, plan: XPlan, video: bool, edit: bool, say=print) -> Path
     tokenizer = train_xtok_stages(tok_cfg, plan.tokenizer_steps)
     data = f"shapes:{plan.scenes},{clips['train']},shapes-edits:{plan.edits}"
     previous = ""
+    tasks = "" if video and edit else "-video" if video else "-edit"  # a model per task set: each trains its own
     for stage, steps in plan.umm_steps.items():
-        run = root / f"hydra-x-{stage}"
+        run = root / f"hydra-x-{stage}{tasks}"
         if not is_done(run / "model"):
             say(f"[2/4] HYDRA-X stage {stage} ({steps} steps) in {run}")
             ratios = ",".join(map(str, demo_ratios(plan, stage, video, edit)))

@@ -87,7 +87,7 @@ def test_report_page_is_valid_and_its_images_exist(page, run_dir):
     assert "assets/reconstructions.png" in srcs and "assets/curves.png" in srcs
     assert sum(s.startswith("assets/gen_") for s in srcs) == 4 and sum(s.startswith("assets/qa_") for s in srcs) == 1
     text = page.read_text()
-    for needle in ("colors", "counting", "What colour is it?", "recon", "21.5", "understanding (accuracy)"):
+    for needle in ("colors", "counting", "What colour is it?", "recon", "21.5", "understanding of the 1 images shown"):
         assert needle in text
     grid = Image.open(page.parent / "assets" / "reconstructions.png")
     assert grid.size == (2 * 32 + 4, 3 * 32 + 2 * 4)  # three rows of input | reconstruction

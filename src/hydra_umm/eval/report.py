@@ -29,6 +29,7 @@ from hydra_umm.eval.reconstruction import reconstruct  # noqa: E402
 
 Curve = list[tuple[int, float]]  # (step, value)
 Curves = dict[str, Curve]
+Panels = Mapping[str, Curve | Mapping[str, Curve]]  # tag -> one curve, or named curves drawn together
 ASSETS = "assets"
 
 
@@ -42,7 +43,7 @@ class ReportContent:
     # {"image": PIL | path, "question", "answer", "prediction", "correct"?}
     answers: list[dict] = field(default_factory=list)
     metrics: dict[str, dict[str, float]] = field(default_factory=dict)  # table -> {metric: value}
-    curves: Curves = field(default_factory=dict)  # tag -> [(step, value)]
+    curves: Panels = field(default_factory=dict)  # tag -> [(step, value)], or name -> [(step, value)]
 
 
 def read_scalars(run_dir: str | Path) -> Curves:
@@ -84,7 +85,7 @@ def read_metric_tables(run_dir: str | Path) -> dict[str, dict[str, float]]:
     return tables
 
 
-def plot_curves(curves: Mapping[str, Curve | Mapping[str, Curve]], path: Path) -> Path:
+def plot_curves(curves: Panels, path: Path) -> Path:
     """One small panel per tag, value against step; a tag maps to one curve, or to named curves drawn
     as labelled lines in the same panel (e.g. one per model)."""
     tags = sorted(curves)
@@ -208,6 +209,7 @@ def report_run(
     n_samples: int = 2,
     settings: GenerationSettings = GenerationSettings(),
     scorer: Any = None,
+    curves: Panels | None = None,
 ) -> Path:
     """Build the report of a run into ``out_dir`` (default ``<run>/report``).
 
@@ -215,13 +217,14 @@ def report_run(
     record (``{"prompt", "tag"}``: GenEval-style metadata, ``tag`` = category) and, when
     ``scorer(image, metadata) -> float`` is given, scores each sample (the mean is shown); answers
     the questions of ``qa_records`` (manifest records with ``qa``) and adds their accuracy table.
-    Curves and metric tables are read from ``run_dir`` in every case.
+    Metric tables are read from ``run_dir`` in every case, and so are the training curves unless
+    ``curves`` gives them (default: every TensorBoard scalar under the run, :func:`read_scalars`).
     """
     run = Path(run_dir)
     if not run.is_dir():
         raise FileNotFoundError(f"run folder not found: {run}")
-    content = ReportContent(title=f"HYDRA run report: {run.name}", curves=read_scalars(run),
-                            metrics=read_metric_tables(run))
+    content = ReportContent(title=f"HYDRA run report: {run.name}",
+                            curves=read_scalars(run) if curves is None else curves, metrics=read_metric_tables(run))
     if pipeline is not None and images:
         content.reconstructions = list(zip(images, reconstruct(pipeline, images)))
     if pipeline is not None:
@@ -235,5 +238,5 @@ def report_run(
         content.answers = vqa["answers"]
         table = {"overall": vqa["accuracy"], "majority baseline": vqa["majority_baseline"]}
         table.update({qtype: v["accuracy"] for qtype, v in vqa["per_type"].items()})
-        content.metrics["understanding (accuracy)"] = table
+        content.metrics[f"understanding of the {len(qa_records)} images shown (accuracy)"] = table
     return write_report(content, out_dir or run / "report")
