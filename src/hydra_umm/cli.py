@@ -44,7 +44,7 @@ def _train(args: argparse.Namespace) -> None:
     from hydra_umm.train.distributed import destroy_distributed
     from hydra_umm.train.recipes import RECIPES
 
-    cfg = load_config(args.config, args.overrides)
+    cfg = load_config(args.config or ("xtok-tiny" if args.what == "xtok" else "tiny"), args.overrides)
     try:
         model_dir = RECIPES[args.what](cfg)
     finally:  # under torchrun: leave the process group the recipe joined
@@ -310,7 +310,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train the tokenizer or HYDRA: a config preset plus key=value overrides",
                        epilog="overrides: key=value words after the flags, e.g. data=shapes stage=1 train.steps=100")
     p.add_argument("what", choices=["tokenizer", "umm", "harmon", "xtok"])
-    p.add_argument("--config", default="tiny", help="a preset name (tiny, paper, ...) or a YAML file")
+    p.add_argument("--config", help="a preset name (tiny, paper, ...) or a YAML file (default: tiny; xtok-tiny "
+                   "for xtok)")
     p.set_defaults(func=_train, takes_overrides=True)
 
     ablate = sub.add_parser("ablate", help="ablation studies: train variants with one budget, write a report")

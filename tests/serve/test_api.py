@@ -86,6 +86,13 @@ def too_big_url() -> str:
     return "data:image/png;base64," + base64.b64encode(bytes(MAX_IMAGE_BYTES + 1000)).decode()
 
 
+def huge_url() -> str:
+    """A few kilobytes of PNG that would decode to 20 megapixels."""
+    buffer = io.BytesIO()
+    Image.new("1", (5000, 4000)).save(buffer, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
 def garbage_url() -> str:
     return "data:image/png;base64," + base64.b64encode(b"not an image at all").decode()
 
@@ -108,11 +115,14 @@ BAD = {
     "url response format": (GEN, {"prompt": "a", "response_format": "url"}, 400, "'response_format'"),
     "other size": (GEN, {"prompt": "a", "size": "1024x1024"}, 400, "generates 32x32"),
     "too many images": (GEN, {"prompt": "a", "n": 100}, 400, "'n'"),
+    "seed out of range": (GEN, {"prompt": "a", "seed": 2**64}, 400, "'seed'"),
+    "negative seed (chat)": (CHAT, lambda im: chat_body(im, seed=-1), 400, "'seed'"),
     "unknown model (chat)": (CHAT, lambda im: {**chat_body(im), "model": "gpt-4o"}, 404, "'gpt-4o' does not exist"),
     "undecodable image": (CHAT, lambda im: with_url(im, garbage_url()), 400, "does not decode"),
     "not base64": (CHAT, lambda im: with_url(im, "data:image/png;base64,@@@@"), 400, "does not decode"),
     "remote image URL": (CHAT, lambda im: with_url(im, "https://example.com/a.png"), 400, "data URL"),
     "image over the size limit": (CHAT, lambda im: with_url(im, too_big_url()), 413, "over this server's limit"),
+    "image over the pixel limit": (CHAT, lambda im: with_url(im, huge_url()), 413, "pixels"),
     "no image": (CHAT, lambda im: {**chat_body(im), "messages": [{"role": "user", "content": "hi"}]}, 400,
                  "exactly one image"),
     "empty question": (CHAT, lambda im: {**chat_body(im), "messages": [

@@ -47,6 +47,8 @@ def test_api_generates_and_answers_like_the_pipeline(harmon, image):
                            json={"prompt": "a red square", "size": "32x32", "seed": 3}).json()["data"]
         assert np.array_equal(decode_png(data[0]["b64_json"]), np.asarray(harmon.generate(["a red square"], seed=3)[0]))
         assert client.post("/v1/images/generations", json={"prompt": "a", "size": "64x64"}).status_code == 400
+        sampler = client.post("/v1/images/generations", json={"prompt": "a", "sampler": "heun"})
+        assert sampler.status_code == 400 and "takes no sampler" in sampler.json()["error"]["message"]
         body = client.post("/v1/chat/completions", json={**chat_body(image, max_tokens=4, temperature=0),
                                                          "model": "h"}).json()
         assert body["choices"][0]["message"]["content"] == harmon.answer([image], [QUESTION], 4)[0]

@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+import yaml
 from safetensors.torch import load_file
 
 from hydra_umm.cli import main
@@ -55,6 +56,12 @@ def runs(tmp_path_factory, clips, video_teacher):
     main(["train", "xtok", *common, "stage=3", "train.steps=3", f"init={root / 's2' / 'model'}",
           f"train.out_dir={root / 's3'}"])
     return {stage: root / stage for stage in ("s1", "s2", "s3")}
+
+
+def test_train_xtok_defaults_to_the_xtok_preset(clips, video_teacher, tmp_path):
+    main(["train", "xtok", f"data=shapes:24,{clips['train']}", *MICRO, *TRAIN, "stage=1", "train.steps=1",
+          f"xtok.video_teacher_weights={video_teacher[0] / VIDEO_WEIGHTS_FILE}", f"train.out_dir={tmp_path}"])
+    assert yaml.safe_load((tmp_path / "config.yaml").read_text())["name"] == "xtok-tiny"  # tiny would fail to build
 
 
 def initial(video_teacher) -> HydraXTok:

@@ -40,6 +40,8 @@ from hydra_umm.serve.queue import ModelQueue, QueueFull
 
 MAX_NEW_TOKENS = 512  # the most tokens one chat completion may ask for
 MAX_IMAGES = 8  # the most images one generation request may ask for
+MAX_PIXELS = 4096 * 4096  # the largest image a request may send (it is resized to the model's size anyway)
+MAX_SEED = 2**63 - 2  # torch generators take seeds below 2**64; images draw with seed and seed + 1
 
 
 class APIError(Exception):
@@ -96,7 +98,7 @@ class ChatRequest(OpenAIRequest):
     max_tokens: Optional[int] = Field(None, ge=1, le=MAX_NEW_TOKENS)
     max_completion_tokens: Optional[int] = Field(None, ge=1, le=MAX_NEW_TOKENS)
     temperature: float = Field(1.0, ge=0.0, le=2.0)  # OpenAI's default; 0 is greedy
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=MAX_SEED)
     n: Literal[1] = 1
 
 
@@ -105,7 +107,7 @@ class ImageRequest(OpenAIRequest):
     model: Optional[str] = None
     n: int = Field(1, ge=1, le=MAX_IMAGES)
     size: Optional[str] = None
-    seed: int = 0
+    seed: int = Field(0, ge=0, le=MAX_SEED)
     response_format: Literal["b64_json"] = "b64_json"
     steps: Optional[int] = Field(None, ge=1, le=1000)
     cfg_scale: Optional[float] = Field(None, ge=0.0)
@@ -127,6 +129,9 @@ def decode_data_url(url: str, max_bytes: int) -> Image.Image:
                        "(--max-image-bytes)", param="image_url", code="image_too_large")
     try:
         image = Image.open(io.BytesIO(base64.b64decode(payload, validate=True)))
+        if image.width * image.height > MAX_PIXELS:  # checked from the header, before decoding the pixels
+            raise APIError(413, f"the image is {image.width}x{image.height}, over this server's limit of "
+                           f"{MAX_PIXELS} pixels", param="image_url", code="image_too_large")
         image.load()
     except (binascii.Error, UnidentifiedImageError, OSError, Image.DecompressionBombError) as e:
         raise APIError(400, f"the image does not decode: {e}", param="image_url", code="invalid_image") from None
@@ -224,7 +229,7 @@ def add_api(app: FastAPI, pipe: TokenizerPipeline, queue: ModelQueue, model_name
         async def chat_completions(body: ChatRequest):
             body.reject_unsupported()
             check_model(body.model)
-            image, turns = split_messages(body.messages, max_image_bytes)
+            image, turns = await asyncio.to_thread(split_messages, body.messages, max_image_bytes)  # decodes
             prompt = conversation_prompt(turns, tokenizer, pipe.model.cfg.umm.max_text_len)
             max_new = body.max_completion_tokens or body.max_tokens or 32
             head = {"id": f"chatcmpl-{uuid.uuid4().hex}", "created": int(time.time()), "model": model_name,
@@ -255,6 +260,10 @@ def add_api(app: FastAPI, pipe: TokenizerPipeline, queue: ModelQueue, model_name
             check_model(body.model)
             if not body.prompt.strip():
                 raise APIError(400, "the prompt is empty", param="prompt", code="empty_prompt")
+            if body.sampler is not None and body.sampler not in pipe.generation_options.samplers:
+                raise APIError(400, f"sampler {body.sampler!r} is not one of this model's "
+                               f"{list(pipe.generation_options.samplers) or 'none (it takes no sampler)'}",
+                               param="sampler")
             native = f"{image_size}x{image_size}"
             if body.size not in (None, native):
                 raise APIError(400, f"size {body.size!r} is not supported: this model generates {native}",
