@@ -1,5 +1,6 @@
 # Two entry points for a fresh machine: `make demo` (the main job) and `make test`.
-# Both create or reuse .venv; it is rebuilt only when pyproject.toml changes.
+# Both create or reuse .venv; the project is reinstalled into it only when pyproject.toml changes.
+# FAST=1 / GPU=1 switch an option on (0 or empty: off).
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -15,11 +16,12 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/hydra-umm demo $(if $(FAST),--fast)
+	$(BIN)/hydra-umm demo $(if $(filter-out 0,$(FAST)),--fast)
 
 # HYDRA against Harmon on the demo's budget (reuses the demo's HYDRA); report in runs/demo/compare/
+# (runs/demo/fast/compare/ with FAST=1)
 compare: $(STAMP)
-	$(BIN)/hydra-umm compare --models hydra,harmon $(if $(FAST),--fast)
+	$(BIN)/hydra-umm compare --models hydra,harmon $(if $(filter-out 0,$(FAST)),--fast)
 
 # the browser tests run in test-browser (which .ci/run calls after test), not here
 test: $(STAMP)
@@ -40,7 +42,7 @@ test-browser: $(STAMP)
 
 # COMPARE=previous.json prints each figure's change; GPU=1 runs the paper preset on a CUDA GPU
 bench: $(STAMP)
-	$(BIN)/hydra-umm bench $(if $(GPU),--gpu --out bench-gpu.json,--out bench.json) $(if $(COMPARE),--compare $(COMPARE))
+	$(BIN)/hydra-umm bench $(if $(filter-out 0,$(GPU)),--gpu --out bench-gpu.json,--out bench.json) $(if $(COMPARE),--compare $(COMPARE))
 
 clean-venv:
 	rm -rf $(VENV)

@@ -32,6 +32,7 @@ def test_overrides_are_typed():
         ("tokenizer.gen_depth=abc", "expected int"),
         ("tokenizer=3", "is a section"),
         ("novalue", "key=value"),
+        ("tokenizer.layer_scale=abc", r"fits none of .*\(tokenizer.layer_scale: expected float"),
     ],
 )
 def test_bad_overrides_name_the_problem(override, message):
@@ -46,6 +47,18 @@ def test_unknown_preset_and_unknown_yaml_key(tmp_path):
     bad.write_text("tokenizer:\n  widht: 3\n")
     with pytest.raises(ConfigError, match="tokenizer.widht"):
         load_config(bad)
+
+
+def test_a_yaml_base_is_found_beside_its_file_and_a_cycle_is_refused(tmp_path, monkeypatch):
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "base.yaml").write_text("base: tiny\nllm:\n  num_layers: 3\n")
+    (tmp_path / "mine" / "run.yaml").write_text("base: base.yaml\nseed: 5\n")
+    monkeypatch.chdir(tmp_path)  # the base is read beside run.yaml, not from the working folder
+    cfg = load_config(tmp_path / "mine" / "run.yaml")
+    assert (cfg.seed, cfg.llm.num_layers, cfg.tokenizer.image_size) == (5, 3, 64)
+    (tmp_path / "mine" / "base.yaml").write_text("base: run.yaml\n")
+    with pytest.raises(ConfigError, match="cycle"):
+        load_config(tmp_path / "mine" / "run.yaml")
 
 
 def test_dict_round_trip():

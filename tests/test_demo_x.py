@@ -52,3 +52,5 @@ def test_ratios_switch_tasks_off_and_plans_are_checked():
         run_demo_x("unused", "huge")
     with pytest.raises(SystemExit):
         main(["demo", "--video", "--fast", "--bogus"])
+    with pytest.raises(SystemExit, match="leave out --video"):
+        main(["demo", "--edit", "--ablation"])

@@ -116,24 +116,23 @@ def _generate(args: argparse.Namespace) -> None:
 
 
 def _edit(args: argparse.Namespace) -> None:
-    from PIL import Image
+    from hydra_umm.data.datasets import load_image
 
     pipe = _load_pipeline(args)
-    image = Image.open(args.image).convert("RGB")
+    image = load_image(args.image)
     edited = pipe.edit([image] * args.n, [args.instruction] * args.n, steps=args.steps, cfg_scale=args.cfg_scale,
                        image_cfg_scale=args.image_cfg_scale, seed=args.seed, sampler=args.sampler)
     _save_images(edited, args.out)
 
 
 def _answer(args: argparse.Namespace) -> None:
-    from PIL import Image
-
+    from hydra_umm.data.datasets import load_image
     from hydra_umm.data.video import read_frames
 
     if (args.image is None) == (args.video is None):
         raise SystemExit("answer takes --image or --video (one of them)")
     pipe = _load_pipeline(args)
-    visual = ({"images": [Image.open(args.image).convert("RGB")]} if args.video is None
+    visual = ({"images": [load_image(args.image)]} if args.video is None
               else {"videos": [read_frames(args.video)]})
     (text,) = pipe.answer(questions=[args.question], max_new_tokens=args.max_new_tokens,
                           temperature=args.temperature, seed=args.seed, **visual)
@@ -141,10 +140,10 @@ def _answer(args: argparse.Namespace) -> None:
 
 
 def _reconstruct(args: argparse.Namespace) -> None:
-    from PIL import Image
+    from hydra_umm.data.datasets import load_image
 
     pipe = _load_any_pipeline(args)
-    (image,) = pipe.reconstruct([Image.open(args.image).convert("RGB")], steps=args.steps, seed=args.seed)
+    (image,) = pipe.reconstruct([load_image(args.image)], steps=args.steps, seed=args.seed)
     image.save(args.out)
     print(f"wrote {args.out}")
 
@@ -217,6 +216,9 @@ def _eval_report(args: argparse.Namespace) -> None:
     from hydra_umm.eval.benchmarks.shapes_geneval import score_shapes_image
 
     pipe = _load_pipeline(args) if args.model else None
+    if pipe is None and (args.images or args.metadata or args.manifest):
+        raise SystemExit("--images, --metadata and --manifest need --model (the model that reconstructs, "
+                         "generates and answers)")
     size = pipe.image_size if pipe else None
     page = report_run(
         args.run,
@@ -257,6 +259,8 @@ def _bench(args: argparse.Namespace) -> None:
 def _demo(args: argparse.Namespace) -> None:
     plan = "fast" if args.fast else "full"
     if args.video or args.edit:
+        if args.ablation:
+            raise SystemExit("--ablation is the default demo's joint-vs-separate ablation; leave out --video/--edit")
         from hydra_umm.demo_x import run_demo_x
 
         run_demo_x(out=args.out, plan=plan, video=args.video, edit=args.edit)

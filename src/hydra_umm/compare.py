@@ -48,12 +48,12 @@ def parse_models(names: str | Sequence[str]) -> list[str]:
 
 
 def harmon_runs(plan: DemoPlan) -> dict[str, list[str]]:
-    """Harmon's run folders per phase, relative to the comparison folder."""
+    """Harmon's run folders per phase, relative to the demo folder."""
     return {"autoencoder": ["harmon-vae"], "unified": [f"harmon-{stage}" for stage in plan.umm_steps]}
 
 
 def hydra_runs(plan: DemoPlan) -> dict[str, list[str]]:
-    """HYDRA's run folders per phase (the demo's), relative to the comparison folder."""
+    """HYDRA's run folders per phase (the demo's), relative to the demo folder."""
     return {"teacher": ["teacher"], "tokenizer": [f"tokenizer-{stage}" for stage in plan.tokenizer_steps],
             "unified": [f"hydra-{stage}" for stage in plan.umm_steps]}
 

@@ -177,7 +177,7 @@ class Config:
     name: str = "custom"
     seed: int = 0
     data: str = ""  # training data: a manifest, image folder, LLaVA JSON, shard pattern or "shapes"
-    stage: str = ""  # training stage: "1" | "2" (tokenizer), "I" | "II" | "III" (HYDRA)
+    stage: str = ""  # "1" | "2" (HYDRA-TOK), "1" | "2" | "3" (HYDRA-XTok), "I" | "II" | "III" (HYDRA), "vae" | "unified" (Harmon)
     init: str = ""  # a saved model directory a stage continues (tokenizer stage 2, HYDRA II-III); see RUN_KEYS
     tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     xtok: XTokConfig = field(default_factory=XTokConfig)  # HYDRA-X's tokenizer (with `tokenizer`)
@@ -219,7 +219,7 @@ def _is_dataclass_type(tp: Any) -> bool:
 
 
 def _coerce(value: Any, tp: Any, key: str) -> Any:
-    """Check ``value`` against the annotation ``tp`` (converting ints to floats, lists to tuples)."""
+    """Check ``value`` against the annotation ``tp`` (converting ints to floats, tuples to lists)."""
     origin = typing.get_origin(tp)
     if origin in (Union, types.UnionType):
         args = typing.get_args(tp)
@@ -233,7 +233,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
                 return _coerce(value, arg, key)
             except ConfigError as e:
                 errors.append(str(e))
-        raise ConfigError(f"{key}: {value!r} fits none of {tp}")
+        raise ConfigError(f"{key}: {value!r} fits none of {tp} ({'; '.join(errors)})")
     if _is_dataclass_type(tp):
         if isinstance(value, tp):
             return value
@@ -316,14 +316,20 @@ def preset_names() -> list[str]:
     return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
 
 
-def _read_preset(name_or_path: str | Path) -> dict:
+def _read_preset(name_or_path: str | Path, seen: tuple[Path, ...] = ()) -> dict:
+    """A preset's settings over those of its ``base`` (a preset name, or a path relative to its file)."""
     preset = PRESET_DIR / f"{name_or_path}.yaml"
     path = preset if preset.is_file() else Path(name_or_path)
     if not path.is_file():
         raise ConfigError(f"no config preset {str(name_or_path)!r}; presets: {', '.join(preset_names())}")
+    if path.resolve() in seen:
+        raise ConfigError(f"config bases form a cycle: {' -> '.join(map(str, (*seen, path.resolve())))}")
     data = yaml.safe_load(path.read_text()) or {}
     base = data.pop("base", None)
-    return _deep_merge(_read_preset(base), data) if base else data
+    if not base:
+        return data
+    relative = path.parent / str(base)
+    return _deep_merge(_read_preset(relative if relative.is_file() else base, (*seen, path.resolve())), data)
 
 
 def load_config(name_or_path: str | Path = "tiny", overrides: list[str] | tuple[str, ...] = (), cls: type = Config):

@@ -35,8 +35,9 @@ class DemoPlan:
     # per tokenizer stage config overrides. A tiny ViT from scratch takes a high peak lr: test PSNR after
     # stage 1 (1500 steps) was 23.1 / 25.9 / 27.6 / 29.2 dB at 2e-4 / 5e-4 / 1e-3 / 2e-3.
     # Stage 1 ends annealed (cosine to 0); restarting the decoder
-    # at stage 1's peak lr undoes that and the GAN adds texture: measured on the full plan, test PSNR
-    # fell from 19.4 dB after stage 1 to 13.4 dB after a stage 2 at lr 1e-4 with lambda_gan 0.1. Here
+    # at stage 1's peak lr undoes that and the GAN adds texture: measured on the full plan (then with the
+    # pixel flow decoder), test PSNR fell from 19.4 dB after stage 1 to 13.4 dB after a stage 2 at lr 1e-4
+    # with lambda_gan 0.1. Here
     # stage 2 refines gently without the GAN (and records the latent statistics).
     tokenizer_overrides: dict[str, tuple[str, ...]] = field(default_factory=lambda: {
         "1": ("train.lr.default=2e-3",), "2": ("train.lr.default=1e-5", "tokenizer.lambda_gan=0")})

@@ -57,3 +57,5 @@ def test_eval_report_writes_a_page(setup):
               "--manifest", summary["manifests"]["test"], "--limit", "2"])
     page = (root / "run" / "report" / "index.html").read_text()
     assert "Reconstruction" in page and "<img" in page
+    with pytest.raises(SystemExit, match="need --model"):  # inputs without a model to run on them
+        cli.main(["eval", "report", "--run", str(root / "run"), "--images", summary["manifests"]["test"]])

@@ -109,6 +109,10 @@ def test_cli_generate_answer_reconstruct_end_to_end(pipe, images, tmp_path, caps
     )
     expected = pipe.reconstruct([Image.open(image_path)], steps=2, seed=0)[0]
     assert np.array_equal(np.asarray(Image.open(recon)), np.asarray(expected))
+    (tmp_path / "notes.png").write_text("not an image")
+    with pytest.raises(SystemExit):  # a clear error, not a traceback
+        cli.main(["answer", "--model", str(model_dir), "--image", str(tmp_path / "notes.png"), "--question", "?"])
+    assert "notes.png: UnidentifiedImageError" in capsys.readouterr().err
 
 
 def test_loglikelihood_matches_the_training_loss_and_knows_greedy_answers(pipe, images):
