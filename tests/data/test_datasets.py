@@ -19,7 +19,7 @@ from hydra_umm.data.datasets import (
     shapes_records,
 )
 from hydra_umm.data.manifest import read_manifest, write_manifest
-from hydra_umm.data.mixture import MixtureDataset, TaskMixture, shard_stream
+from hydra_umm.data.mixture import MixtureDataset, TaskMixture, shard_stream, skipped_count
 from hydra_umm.data.shapes import make_dataset
 from hydra_umm.data.transforms import ImageTransform, to_pil
 
@@ -108,6 +108,7 @@ def test_a_mixture_counts_the_skips_of_concatenated_sources(image_dir):
     for i in range(len(parts[0]) * 2):
         mixture[i]
     assert mixture.skipped == parts[0].skips.count + parts[1].skips.count == 6  # 3 per folder pass
+    assert skipped_count(ConcatDataset(parts)) == skipped_count(mixture) == 6  # a source alone, or a mixture
 
 
 def test_all_unreadable_is_a_clear_error(image_dir):

@@ -108,13 +108,16 @@ class MixtureDataset(Dataset):
     @property
     def skipped(self) -> int:
         """Unreadable images skipped so far by all sources (in this process and its workers)."""
-        return sum(map(_skipped, self.sources.values()))
+        return sum(map(skipped_count, self.sources.values()))
 
 
-def _skipped(source: Dataset) -> int:
-    """Unreadable images a source skipped, the parts of a concatenation of sources summed."""
+def skipped_count(source) -> int:
+    """Unreadable images (or clips) skipped so far by a source: a mixture or stream (its ``skipped``),
+    a concatenation of sources (their sum), or a dataset with a skip counter (else 0)."""
+    if hasattr(source, "skipped"):
+        return source.skipped
     if isinstance(source, ConcatDataset):
-        return sum(map(_skipped, source.datasets))
+        return sum(map(skipped_count, source.datasets))
     return source.skips.count if hasattr(source, "skips") else 0
 
 

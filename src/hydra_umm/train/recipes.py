@@ -30,7 +30,7 @@ from hydra_umm.config import Config, adopt_run_keys, to_dict
 from hydra_umm.data.datasets import (IMAGE_TASKS, RECORD_TASKS, ConversationDataset, RecordDataset, ShardDataset,
                                      shapes_records)
 from hydra_umm.data.manifest import read_manifest, split_records
-from hydra_umm.data.mixture import MixtureDataset, TaskMixture, mixture_stream, shard_stream
+from hydra_umm.data.mixture import MixtureDataset, TaskMixture, mixture_stream, shard_stream, skipped_count
 from hydra_umm.data.transforms import ImageTransform
 from hydra_umm.train.distributed import (DistEnv, checkpoint_activations, data_parallel, full_model_state,
                                          init_distributed, shard)
@@ -196,11 +196,6 @@ def save_samples(images: torch.Tensor, path: Path, rows: int = 1) -> None:
     save_image((images.detach().float().cpu() + 1) / 2, path, nrow=max(1, len(images) // rows))
 
 
-def _skipped(source) -> int:
-    """Unreadable images skipped so far by a mixture or a shard dataset."""
-    return source.skipped if hasattr(source, "skipped") else source.skips.count
-
-
 def _fit(trainee: nn.Module, model: nn.Module, optimizer, scheduler, data, mixture, val: list[list[dict]],
          sample: Callable[[int], None], cfg: Config, env: DistEnv) -> Path:
     """Run the Trainer on ``trainee`` with validation (mean losses over the fixed ``val`` batches,
@@ -214,7 +209,7 @@ def _fit(trainee: nn.Module, model: nn.Module, optimizer, scheduler, data, mixtu
             for k, v in module(to_device(collate_items(items), env.device)).items():
                 totals[k] = totals.get(k, 0.0) + float(v) / len(val)
         sample(step)
-        return {**totals, "data_skipped": float(_skipped(mixture))}
+        return {**totals, "data_skipped": float(skipped_count(mixture))}
 
     Trainer(trainee, optimizer, scheduler, data, cfg.train, env, validate=validate, run_config=to_dict(cfg)).fit()
     model_dir = Path(cfg.train.out_dir) / "model"
@@ -222,7 +217,8 @@ def _fit(trainee: nn.Module, model: nn.Module, optimizer, scheduler, data, mixtu
     state = full_model_state(model) if sharded else None
     if env.is_main:
         model.save_pretrained(model_dir, **({"state_dict": state} if sharded else {}))
-        log.info("%s saved to %s (%d unreadable images skipped)", type(model).__name__, model_dir, _skipped(mixture))
+        log.info("%s saved to %s (%d unreadable images skipped)", type(model).__name__, model_dir,
+                 skipped_count(mixture))
     return model_dir
 
 
@@ -482,7 +478,7 @@ class AlternatingStream:
 
     @property
     def skipped(self) -> int:
-        return sum(_skipped(source) for source in self.sources)
+        return sum(map(skipped_count, self.sources))
 
 
 def _xtok_components(tok: nn.Module, stage: int) -> dict[str, nn.Module]:
