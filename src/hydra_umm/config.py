@@ -196,8 +196,8 @@ RUN_KEYS: dict[type, tuple[str, ...]] = {
                       "lambda_lpips", "lambda_l1", "lambda_gan", "flow", "lpips_weights"),
     XTokConfig: ("lambda_distill_video",),
     UMMConfig: ("lambda_flow", "caption_dropout", "source_dropout", "cfg_scale", "image_cfg_scale", "flow"),
-    HarmonConfig: ("mask_ratio_min", "mask_ratio_std", "caption_dropout", "und_grad_scale", "mar_steps",
-                   "cfg_scale", "temperature"),
+    HarmonConfig: ("mask_ratio_min", "mask_ratio_std", "caption_dropout", "und_grad_scale", "diffusion_repeat",
+                   "mar_steps", "sampling_steps", "clip_denoised", "cfg_scale", "temperature"),
 }
 
 

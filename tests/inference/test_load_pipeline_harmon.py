@@ -63,3 +63,19 @@ def test_cli_report_and_geneval_writer_on_harmon(harmon_dir: Path, tmp_path: Pat
     out = write_geneval(load_pipeline(harmon_dir), data / "evaluation_metadata.jsonl", tmp_path / "geneval", n_samples=1)
     samples = sorted(out.glob("*/samples/00000.png"))
     assert len(samples) == len(list(out.iterdir())) > 0 and Image.open(samples[0]).size == (32, 32)
+
+
+def test_a_continued_run_samples_with_its_own_settings(harmon_dir: Path) -> None:
+    """`init=` builds the saved model, then adopts the run's sampling keys (harmon.sampling_steps, ...)
+    into its config: the diffusion head must read them when it samples, not when it was built."""
+    from hydra_umm.config import adopt_run_keys
+
+    model = HarmonModel.from_pretrained(harmon_dir)
+    run = load_config("harmon-tiny", ["harmon.image_size=32", "harmon.mar_steps=2", "harmon.sampling_steps=3",
+                                      "harmon.clip_denoised=1.5"])
+    adopt_run_keys(model.cfg.harmon, run.harmon)
+    calls = []
+    model.head.net.register_forward_hook(lambda module, args, out: calls.append(1))
+    latents = HarmonPipeline(model).generate_latents(["a red square"], cfg_scale=1.0)
+    assert len(calls) == 2 * 3  # two masked-autoregressive steps of three respaced steps each
+    assert latents.abs().max() <= 1.5 + 1e-5  # the last step returns the clipped x0 estimate's mean

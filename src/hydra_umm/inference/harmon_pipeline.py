@@ -113,7 +113,8 @@ class HarmonPipeline(HydraPipeline):
                 x_enc, visual = model.encode(tokens.repeat(copies, 1, 1), mask.repeat(copies, 1))
                 cond = model.decode_tokens(x_enc, visual_hidden(visual), mask.repeat(copies, 1))  # (copies B, N, W)
                 uncond = cond[B:][reveal] if guided else None
-                tokens[reveal] = model.head.sample(cond[:B][reveal], uncond, scale, temperature, generator)
+                tokens[reveal] = model.head.sample(cond[:B][reveal], uncond, scale, temperature, generator,
+                                                   h.sampling_steps, h.clip_denoised)
             mask = mask_next
             if progress is not None:
                 progress(k + 1, K)

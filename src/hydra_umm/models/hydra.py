@@ -427,6 +427,15 @@ class HydraModel(nn.Module):
     def device(self) -> torch.device:
         return self.projector[0].weight.device
 
+    def next_token_loss(self, hidden: Tensor, lay: Layout) -> Tensor:
+        """Cross-entropy of the language head on the layout's text targets; without any, its output
+        weighted 0 (the head still takes part in the graph)."""
+        targets = lay.labels[:, 1:].to(hidden.device)
+        has_target = targets != IGNORE
+        if not has_target.any():
+            return 0.0 * self.llm.lm_head(hidden[:, :1]).float().sum()
+        return F.cross_entropy(self.llm.lm_head(hidden[:, :-1][has_target]).float(), targets[has_target])
+
     # ------------------------------------------------------------------------------- training loss
 
     def forward(
@@ -440,20 +449,14 @@ class HydraModel(nn.Module):
         if not isinstance(batch, HydraBatch):
             dropout = None if self.training else 0.0
             batch = self.collate(_rows(batch), dropout, generator, source_dropout=dropout)
-        lay, device = batch.layout, self.device
+        lay = batch.layout
         frames = self.frame_inputs(batch.blocks, generator)
         hidden = self.sequence_hidden_states(lay, frames.get("visual"))
 
-        targets = lay.labels[:, 1:].to(device)
         # Both heads and the visual path run on every batch; a term without samples is their output
         # weighted 0, so every rank yields a gradient for every trainable parameter, as sharded
         # training (FSDP2) needs.
-        has_target = targets != IGNORE
-        if has_target.any():
-            logits = self.llm.lm_head(hidden[:, :-1][has_target])
-            loss_ntp = F.cross_entropy(logits.float(), targets[has_target])
-        else:
-            loss_ntp = 0.0 * self.llm.lm_head(hidden[:, :1]).float().sum()
+        loss_ntp = self.next_token_loss(hidden, lay)
         if frames and frames["noised"].any():
             noised, t = frames["noised"], frames["t"]
             v_hat = self.vision_head(self.block_hidden(hidden, lay)[noised], t[noised])
@@ -491,9 +494,15 @@ class HydraModel(nn.Module):
         if not (directory / "llm").is_dir():
             raise FileNotFoundError(f"{directory} is not a HydraModel directory (no llm/ folder); a HYDRA-TOK "
                                     "directory supports reconstruction only (hydra_umm.inference.load_pipeline)")
-        cfg = load_config(directory / "config.json")
-        llm_config = AutoConfig.from_pretrained(str(directory / "llm"))
-        model = cls(cfg, load_text_tokenizer(str(directory)), llm_config=llm_config)
-        load_model(model, str(directory / "model.safetensors"))
-        return model
+        return load_unified(cls, directory)
+
+
+def load_unified(cls: type, directory: Path) -> nn.Module:
+    """A unified model of class ``cls`` (HydraModel, HarmonModel) from a directory its
+    ``save_pretrained`` wrote: built from config.json, the text tokenizer and llm/, then its weights."""
+    cfg = load_config(directory / "config.json")
+    llm_config = AutoConfig.from_pretrained(str(directory / "llm"))
+    model = cls(cfg, load_text_tokenizer(str(directory)), llm_config=llm_config)
+    load_model(model, str(directory / "model.safetensors"))
+    return model
 

@@ -76,17 +76,17 @@ def test_the_variational_bound_trains_only_the_variance(diffusion):
 
 def test_the_head_starts_at_zero_and_guidance_of_scale_one_is_no_guidance():
     torch.manual_seed(0)
-    head = DiffusionHead(4, 8, 32, 2, sampling_steps=20)
+    head = DiffusionHead(4, 8, 32, 2)
     assert head.net(torch.randn(5, 4), torch.randint(0, 1000, (5,)), torch.randn(5, 8)).abs().max() == 0
     for p in head.net.parameters():  # leave the zero init so guidance has something to mix
         p.data.add_(0.05 * torch.randn_like(p))
     cond, uncond = torch.randn(6, 8), torch.randn(6, 8)
-    plain = head.sample(cond, generator=torch.Generator().manual_seed(3))
+    plain = head.sample(cond, generator=torch.Generator().manual_seed(3), steps=20)
     assert plain.shape == (6, 4)
-    assert torch.allclose(head.sample(cond, uncond, 1.0, generator=torch.Generator().manual_seed(3)), plain, atol=1e-5)
-    guided = head.sample(cond, uncond, 3.0, generator=torch.Generator().manual_seed(3))
+    assert torch.allclose(head.sample(cond, uncond, 1.0, generator=torch.Generator().manual_seed(3), steps=20), plain, atol=1e-5)
+    guided = head.sample(cond, uncond, 3.0, generator=torch.Generator().manual_seed(3), steps=20)
     assert not torch.allclose(guided, plain, atol=1e-3)
-    assert torch.equal(guided, head.sample(cond, uncond, 3.0, generator=torch.Generator().manual_seed(3)))
+    assert torch.equal(guided, head.sample(cond, uncond, 3.0, generator=torch.Generator().manual_seed(3), steps=20))
 
 
 MODES = torch.tensor([[[0.5, 0.5], [-0.5, -0.5]], [[0.5, -0.5], [-0.5, 0.5]]])  # class -> its two modes
@@ -101,7 +101,7 @@ def _score(head: DiffusionHead, g: torch.Generator, n: int) -> tuple[float, floa
     """Of n samples: the share within 0.15 of a mode of their own class, the share of samples
     closer to the other class's modes, and the share of the first mode among the hits."""
     _, cond, cls = _draw(n, g)
-    samples = head.sample(cond, generator=g)
+    samples = head.sample(cond, generator=g, steps=100, clip=2.0)
     own = (samples[:, None] - MODES[cls]).norm(dim=-1)
     other = (samples[:, None] - MODES[1 - cls]).norm(dim=-1).min(dim=1).values
     hit = own.min(dim=1).values < 0.15
@@ -114,13 +114,13 @@ def test_a_tiny_head_learns_a_two_dimensional_toy_distribution():
     x0 estimate clipped to [-2, 2] (see the module note). Measured (seed 0, 300 steps): about 85% of
     samples land within 0.15 of one of their class's modes (0% before training), both modes filled."""
     torch.manual_seed(0)
-    head = DiffusionHead(2, 2, 32, 2, sampling_steps=100, repeat=1, clip=2.0)
+    head = DiffusionHead(2, 2, 32, 2)
     g = torch.Generator().manual_seed(0)
     before, _, _ = _score(head, g, 100)
     optimizer = torch.optim.AdamW(head.parameters(), lr=5e-3)
     for _ in range(300):
         x, cond, _ = _draw(256, g)
-        head(x, cond, g).backward()
+        head(x, cond, g, repeat=1).backward()
         optimizer.step()
         optimizer.zero_grad()
     hits, wrong_class, first_mode = _score(head, g, 500)

@@ -182,20 +182,21 @@ class MLPAdaLN(nn.Module):
 
 
 class DiffusionHead(nn.Module):
-    """Per-token diffusion loss and sampler on the MLP above."""
+    """Per-token diffusion loss and sampler on the MLP above. How it trains (``repeat``) and samples
+    (``steps``, ``clip``) is given per call, so a loaded model follows the run's settings."""
 
-    def __init__(self, token_dim: int, cond_dim: int, width: int, depth: int, steps: int = 1000,
-                 sampling_steps: int = 100, repeat: int = 4, clip: float = 0.0):
+    def __init__(self, token_dim: int, cond_dim: int, width: int, depth: int, steps: int = 1000):
         super().__init__()
-        self.token_dim, self.repeat, self.clip = token_dim, repeat, clip
+        self.token_dim = token_dim
         self.net = MLPAdaLN(token_dim, cond_dim, width, depth, steps)
         self.train_diffusion = GaussianDiffusion(cosine_betas(steps))
-        self.sample_diffusion = self.train_diffusion.respace(sampling_steps)
+        self._respaced: dict[int, GaussianDiffusion] = {}
 
-    def forward(self, target: Tensor, cond: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    def forward(self, target: Tensor, cond: Tensor, generator: torch.Generator | None = None,
+                repeat: int = 4) -> Tensor:
         """Mean loss over tokens ``target`` (M, c) with conditions ``cond`` (M, cond_dim), each token
         repeated ``repeat`` times with its own t and noise."""
-        x0, z = target.repeat(self.repeat, 1), cond.repeat(self.repeat, 1)
+        x0, z = target.repeat(repeat, 1), cond.repeat(repeat, 1)
         t = torch.randint(0, self.train_diffusion.num_steps, (len(x0),), device=x0.device, generator=generator)
         noise = torch.randn(x0.shape, device=x0.device, dtype=x0.dtype, generator=generator)
         x_t = self.train_diffusion.q_sample(x0, t, noise)
@@ -203,9 +204,10 @@ class DiffusionHead(nn.Module):
 
     @torch.no_grad()
     def sample(self, cond: Tensor, uncond: Tensor | None = None, cfg_scale: float = 1.0, temperature: float = 1.0,
-               generator: torch.Generator | None = None) -> Tensor:
-        """Tokens (M, c) for conditions ``cond`` (M, cond_dim); with ``uncond`` the noise prediction is
-        guided, eps = eps_u + s (eps_c - eps_u), for one shared noise; the variance is the conditional one."""
+               generator: torch.Generator | None = None, steps: int = 100, clip: float = 0.0) -> Tensor:
+        """Tokens (M, c) for conditions ``cond`` (M, cond_dim) on ``steps`` respaced steps; with ``uncond``
+        the noise prediction is guided, eps = eps_u + s (eps_c - eps_u), for one shared noise; the
+        variance is the conditional one. ``clip``: see :meth:`GaussianDiffusion.p_mean_variance`."""
         noise = torch.randn(len(cond), self.token_dim, device=cond.device, dtype=cond.dtype, generator=generator)
 
         def model(x: Tensor, t: Tensor) -> Tensor:
@@ -215,4 +217,6 @@ class DiffusionHead(nn.Module):
             (eps_c, v), eps_u = out_c.chunk(2, dim=-1), out_u.chunk(2, dim=-1)[0]
             return torch.cat([flow.cfg_combine(eps_c, eps_u, cfg_scale), v], dim=-1)
 
-        return self.sample_diffusion.sample(model, noise, temperature, self.clip, generator)
+        if steps not in self._respaced:
+            self._respaced[steps] = self.train_diffusion.respace(steps)
+        return self._respaced[steps].sample(model, noise, temperature, clip, generator)

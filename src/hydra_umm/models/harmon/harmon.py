@@ -28,17 +28,15 @@ from pathlib import Path
 from typing import Any, Mapping, Optional
 
 import torch
-import torch.nn.functional as F
-from safetensors.torch import load_model, save_model
 from torch import Tensor, nn
-from transformers import AutoConfig, PretrainedConfig, PreTrainedTokenizerBase
+from transformers import PretrainedConfig, PreTrainedTokenizerBase
 
-from hydra_umm.config import Config, load_config, to_dict
+from hydra_umm.config import Config
 from hydra_umm.models.harmon.diffusion_head import DiffusionHead
 from hydra_umm.models.harmon.mar import MARDecoder, MAREncoder, mask_by_order, random_orders, training_mask_ratio
 from hydra_umm.models.harmon.vae import AutoencoderKL
-from hydra_umm.models.hydra import HydraModel, _rows
-from hydra_umm.models.llm import IGNORE, Image, Layout, Segment, build_language_model, layout
+from hydra_umm.models.hydra import HydraModel, _rows, load_unified
+from hydra_umm.models.llm import Image, Layout, Segment, build_language_model, layout
 from hydra_umm.models.text_tokenizer import (
     EOS,
     IMAGE_PAD,
@@ -46,7 +44,6 @@ from hydra_umm.models.text_tokenizer import (
     SPECIAL_TOKENS,
     VISION_END,
     VISION_START,
-    load_text_tokenizer,
 )
 
 MODEL_TYPE_FILE = "model_type.json"  # {"model_type": "harmon"}: tells a Harmon directory from a HYDRA one
@@ -126,8 +123,7 @@ class HarmonModel(nn.Module):
         self.proj_out = nn.Sequential(nn.Linear(width, width), nn.SiLU(), nn.Linear(width, h.encoder_width))
         self.decoder = MARDecoder(h.encoder_width, self.num_tokens, h.buffer_size, h.decoder_width, h.decoder_depth,
                                   h.decoder_heads, h.mlp_ratio, h.dropout)
-        self.head = DiffusionHead(h.latent_dim, h.decoder_width, h.head_width, h.head_depth, h.diffusion_steps,
-                                  h.sampling_steps, h.diffusion_repeat, h.clip_denoised)
+        self.head = DiffusionHead(h.latent_dim, h.decoder_width, h.head_width, h.head_depth, h.diffusion_steps)
 
     def train(self, mode: bool = True) -> "HarmonModel":
         super().train(mode)
@@ -164,6 +160,7 @@ class HarmonModel(nn.Module):
     embed = HydraModel.embed
     hidden_states = HydraModel.hidden_states
     sequence_hidden_states = HydraModel.sequence_hidden_states
+    next_token_loss = HydraModel.next_token_loss
 
     def layout(self, samples: list[list[Segment]]) -> CausalLayout:
         return causal_layout(layout(samples, pad_id=self.ids["pad"], image_id=self.ids["image"]))
@@ -244,13 +241,7 @@ class HarmonModel(nn.Module):
 
         # Every term runs on every batch, weighted 0 when it has no samples, so that under DDP every
         # rank yields a gradient for every parameter (as HydraModel does for sharded training).
-        targets = lay.labels[:, 1:].to(device)
-        has_target = targets != IGNORE
-        if has_target.any():
-            logits = self.llm.lm_head(hidden[:, :-1][has_target])
-            loss_ntp = F.cross_entropy(logits.float(), targets[has_target])
-        else:
-            loss_ntp = 0.0 * self.llm.lm_head(hidden[:, :1]).float().sum()
+        loss_ntp = self.next_token_loss(hidden, lay)
         loss_diff = hidden.new_zeros(())
         if groups:
             per_image = hidden[lay.visual.to(device)].split([len(p) for p in pieces])
@@ -259,7 +250,8 @@ class HarmonModel(nn.Module):
                 if generation or not gen.any():  # without generation images, understanding ones weighted 0
                     cond = self.decode_tokens(x_enc, torch.stack([per_image[i] for i in rows]), mask)
                     keep = mask if generation else mask.logical_not()
-                    loss_diff = self.head(x[rows][keep].float(), cond[keep].float(), generator) * float(generation)
+                    loss_diff = self.head(x[rows][keep].float(), cond[keep].float(), generator,
+                                          self.cfg.harmon.diffusion_repeat) * float(generation)
         loss = loss_ntp + loss_diff
         return {"loss": loss, "loss_ntp": loss_ntp.detach(), "loss_diff": loss_diff.detach()}
 
@@ -268,13 +260,8 @@ class HarmonModel(nn.Module):
     def save_pretrained(self, directory: str | Path) -> None:
         """config.json, model.safetensors, the text tokenizer, the LM's config under llm/ and the
         model_type.json that names the directory a Harmon one."""
-        directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        (directory / "config.json").write_text(json.dumps(to_dict(self.cfg), indent=2))
-        (directory / MODEL_TYPE_FILE).write_text(json.dumps({"model_type": "harmon"}))
-        save_model(self, str(directory / "model.safetensors"))
-        self.text_tokenizer.save_pretrained(str(directory))
-        self.llm.config.save_pretrained(str(directory / "llm"))
+        HydraModel.save_pretrained(self, directory)
+        (Path(directory) / MODEL_TYPE_FILE).write_text(json.dumps({"model_type": "harmon"}))
 
     @staticmethod
     def is_pretrained(directory: str | Path) -> bool:
@@ -288,8 +275,4 @@ class HarmonModel(nn.Module):
         if not cls.is_pretrained(directory) or not (directory / "model.safetensors").is_file():
             raise FileNotFoundError(f"{directory} is not a saved HarmonModel (no {MODEL_TYPE_FILE} naming harmon, "
                                     "or no model.safetensors); write one with save_pretrained")
-        cfg = load_config(directory / "config.json")
-        llm_config = AutoConfig.from_pretrained(str(directory / "llm"))
-        model = cls(cfg, load_text_tokenizer(str(directory)), llm_config=llm_config)
-        load_model(model, str(directory / "model.safetensors"))
-        return model
+        return load_unified(cls, directory)
