@@ -1,12 +1,20 @@
-"""The page's task functions in-process, tab discovery from the pipeline, the model panel."""
+"""The page's task functions in-process (HYDRA-X's edit and video tabs too), tab discovery from the
+pipeline, the model panel."""
+
+from pathlib import Path
 
 import gradio as gr
 import numpy as np
 import pytest
+import torch
 from fastapi.testclient import TestClient
 
+from hydra_umm.config import load_config
+from hydra_umm.data.video import read_frames, write_clip
 from hydra_umm.eval.metrics import psnr
-from hydra_umm.inference import TokenizerPipeline
+from hydra_umm.inference import HydraPipeline, TokenizerPipeline
+from hydra_umm.models.hydra import HydraModel
+from hydra_umm.models.text_tokenizer import train_text_tokenizer
 from hydra_umm.data.transforms import to_tensor
 from hydra_umm.serve import Tasks, build_page, create_app
 from hydra_umm.serve.app import model_card
@@ -105,3 +113,52 @@ def test_tabs_and_routes_follow_the_pipelines_capabilities(pipe, client, image):
         assert c.post("/v1/chat/completions", json={"model": "tok", "messages": []}).status_code == 404
         assert c.post("/v1/images/generations", json={"prompt": "a"}).status_code == 404
     assert client.post("/v1/chat/completions", json={"model": "m", "messages": []}).status_code == 400
+
+
+@pytest.fixture(scope="module")
+def x_tasks():
+    """The task functions over a tiny random HYDRA-X (32 px, 2 flow steps) with a randomised vision head."""
+    torch.manual_seed(0)
+    cfg = load_config("hydra-x-tiny", ["tokenizer.image_size=32", "umm.flow.steps=2"])
+    model = HydraModel(cfg, train_text_tokenizer(["make the square blue", "a red circle moves left"] * 8, 1024))
+    with torch.no_grad():
+        for p in model.vision_head.parameters():
+            if not p.any():
+                p.normal_(0.0, 0.05)
+    queue = ModelQueue(depth=2)
+    yield Tasks(HydraPipeline(model), queue)
+    queue.close()
+
+
+def test_a_hydra_x_model_adds_the_edit_and_video_tabs(x_tasks):
+    pipe = x_tasks.pipe
+    assert capabilities(pipe) == ("generate", "understand", "reconstruct", "edit", "video")
+    assert tab_ids(build_page(pipe, x_tasks.queue, "x")) == [*capabilities(pipe), "model"]
+    assert "| tasks | generate, understand, reconstruct, edit, video |" in model_card(pipe, "x")
+
+
+def test_edit_tab_returns_the_pipelines_edit_and_reports_every_step(x_tasks, image):
+    reports = []
+    edited = x_tasks.edit(image, "make the square blue", 2, 3.0, 1.5, 7, progress=lambda p, **_: reports.append(p))
+    assert edited.size == (32, 32) and reports == [(1, 2), (2, 2)]
+    assert same([edited], x_tasks.pipe.edit([image], ["make the square blue"], 2, 3.0, 1.5, seed=7))
+    other = x_tasks.edit(image, "make the square blue", 2, 3.0, 1.5, 8, progress=lambda *a, **k: None)
+    assert not same([edited], [other])
+    with pytest.raises(gr.Error, match="upload an image"):
+        x_tasks.edit(None, "make the square blue", 2, 3.0, 1.5, 7, progress=lambda *a, **k: None)
+    with pytest.raises(gr.Error, match="instruction"):
+        x_tasks.edit(image, " ", 2, 3.0, 1.5, 7, progress=lambda *a, **k: None)
+
+
+def test_video_tab_writes_the_pipelines_clip_as_an_mp4(x_tasks, tmp_path):
+    path = Path(x_tasks.video("a red circle moves left", 5, 2, 3.0, 4, progress=lambda *a, **k: None))
+    assert path.suffix == ".mp4"
+    frames = read_frames(path)
+    path.unlink()
+    (expected,) = x_tasks.pipe.generate_video(["a red circle moves left"], 5, 2, 3.0, seed=4)
+    assert len(frames) == 5 and frames[0].size == (32, 32)
+    assert same(frames, read_frames(write_clip(expected, tmp_path / "expected.mp4")))  # one encoder, one clip
+    with pytest.raises(gr.Error, match="1 \\+ 4k|frames"):
+        x_tasks.video("a red circle moves left", 4, 2, 3.0, 4, progress=lambda *a, **k: None)
+    with pytest.raises(gr.Error, match="prompt"):
+        x_tasks.video(" ", 5, 2, 3.0, 4, progress=lambda *a, **k: None)

@@ -231,8 +231,13 @@ class HydraPipeline(TokenizerPipeline):
         z = self.generate_latents(prompts, steps, cfg_scale, sampler, seed, use_cache, progress)
         return to_pil(self.model.decode(z, generator=self._generator(seed + 1)))
 
+    @property
+    def reads_clips(self) -> bool:
+        """Whether the model is a HYDRA-X one (over HYDRA-XTok): videos and edits."""
+        return self.model.cfg.umm.xtok
+
     def _check_video(self) -> None:
-        if not self.model.cfg.umm.xtok:
+        if not self.reads_clips:
             raise ValueError("videos and edits need a HYDRA-X model (umm.xtok: HYDRA-XTok); this one reads images only")
 
     @torch.no_grad()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextvars
 import os
+import tempfile
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any, Callable, Iterator
@@ -21,6 +22,7 @@ from fastapi import FastAPI
 from PIL import Image
 
 from hydra_umm.data.shapes import generate_prompts
+from hydra_umm.data.video import write_clip
 from hydra_umm.eval.metrics import psnr
 from hydra_umm.inference import HarmonPipeline, HydraPipeline, TokenizerPipeline, load_pipeline
 from hydra_umm.data.transforms import to_pil, to_tensor
@@ -30,6 +32,17 @@ from hydra_umm.serve.chat import answer_stream, conversation_prompt, text_deltas
 from hydra_umm.serve.queue import ModelQueue, QueueFull
 
 Progress = Callable[..., Any]  # gr.Progress, or any callable taking ((done, total), desc=, unit=)
+
+
+def _step_reporter(progress: Progress) -> Callable[[int, int], None]:
+    """A pipeline ``progress(step, steps)`` callback that advances the page's progress bar (gr.Progress
+    finds its page event in the context, so the callback runs in a copy of the caller's)."""
+    context = contextvars.copy_context()
+
+    def step_done(step: int, steps: int) -> None:
+        context.run(progress, (step, steps), desc="sampling", unit="steps")
+
+    return step_done
 
 
 class Tasks:
@@ -52,13 +65,40 @@ class Tasks:
         """Text-to-image, reporting progress after every sampling step (``sampler`` None for Harmon)."""
         if not prompt.strip():
             raise gr.Error("enter a prompt")
-        context = contextvars.copy_context()  # gr.Progress finds its page event in the context
-
-        def step_done(step: int, steps: int) -> None:
-            context.run(progress, (step, steps), desc="sampling", unit="steps")
-
+        step_done = _step_reporter(progress)
         return self._run(lambda: self.pipe.generate(
             [prompt] * int(n), int(steps), float(cfg_scale), sampler, int(seed), progress=step_done))
+
+    def edit(
+        self, image: Image.Image | None, instruction: str, steps: int, cfg_scale: float, image_cfg_scale: float,
+        seed: int, progress: Progress = gr.Progress(),
+    ) -> Image.Image:
+        """Instruction-based editing (HYDRA-X), reporting progress after every sampling step."""
+        if image is None:
+            raise gr.Error("upload an image first")
+        if not instruction.strip():
+            raise gr.Error("type an instruction")
+        step_done = _step_reporter(progress)
+        (edited,) = self._run(lambda: self.pipe.edit(
+            [image], [instruction.strip()], int(steps), float(cfg_scale), float(image_cfg_scale), int(seed),
+            progress=step_done))
+        return edited
+
+    def video(
+        self, prompt: str, frames: int, steps: int, cfg_scale: float, seed: int, progress: Progress = gr.Progress(),
+    ) -> str:
+        """Text-to-video (HYDRA-X): the path of the clip written as an mp4 for the page to play."""
+        if not prompt.strip():
+            raise gr.Error("enter a prompt")
+        step_done = _step_reporter(progress)
+        try:
+            (clip,) = self._run(lambda: self.pipe.generate_video(
+                [prompt], int(frames), int(steps), float(cfg_scale), seed=int(seed), progress=step_done))
+        except ValueError as e:  # a frame count that is not 1 + 4k
+            raise gr.Error(str(e)) from None
+        with tempfile.NamedTemporaryFile(prefix="hydra-video-", suffix=".mp4", delete=False) as f:
+            path = f.name
+        return str(write_clip(clip, path))
 
     def understand(
         self, image: Image.Image | None, message: str, turns: list[dict], max_new_tokens: int, temperature: float,
@@ -197,8 +237,37 @@ def _reconstruct_tab(tasks: Tasks) -> None:
     button.click(tasks.reconstruct, [image, steps, seed], [original, recon, score])
 
 
+def _edit_tab(tasks: Tasks) -> None:
+    options, umm = tasks.pipe.generation_options, tasks.pipe.model.cfg.umm
+    with gr.Row():
+        with gr.Column():
+            image = gr.Image(type="pil", label="Source image")
+            instruction = gr.Textbox(label="Instruction", placeholder="make the red circle blue")
+            steps = gr.Slider(1, 100, value=options.steps, step=1, label="Steps")
+            cfg_scale = gr.Slider(1.0, 10.0, value=umm.cfg_scale, step=0.5, label="Instruction guidance")
+            image_cfg_scale = gr.Slider(1.0, 5.0, value=umm.image_cfg_scale, step=0.1, label="Image guidance")
+            seed = gr.Number(0, precision=0, label="Seed")
+            button = gr.Button("Edit", variant="primary")
+        edited = gr.Image(label="Edited", height=256)
+    button.click(tasks.edit, [image, instruction, steps, cfg_scale, image_cfg_scale, seed], edited)
+
+
+def _video_tab(tasks: Tasks) -> None:
+    options = tasks.pipe.generation_options
+    with gr.Row():
+        with gr.Column():
+            prompt = gr.Textbox(label="Prompt", placeholder="a red circle moves to the left")
+            frames = gr.Slider(1, 33, value=17, step=4, label="Frames (1 + 4k)")
+            steps = gr.Slider(1, 100, value=options.steps, step=1, label="Steps")
+            cfg_scale = gr.Slider(1.0, 10.0, value=options.cfg_scale, step=0.5, label="CFG scale")
+            seed = gr.Number(0, precision=0, label="Seed")
+            button = gr.Button("Generate video", variant="primary")
+        video = gr.Video(label="Clip", height=256)
+    button.click(tasks.video, [prompt, frames, steps, cfg_scale, seed], video)
+
+
 TABS = {"generate": ("Generate", _generate_tab), "understand": ("Understand", _understand_tab),
-        "reconstruct": ("Reconstruct", _reconstruct_tab)}
+        "reconstruct": ("Reconstruct", _reconstruct_tab), "edit": ("Edit", _edit_tab), "video": ("Video", _video_tab)}
 
 
 def build_page(pipe: TokenizerPipeline, queue: ModelQueue, model_name: str) -> gr.Blocks:
