@@ -1,8 +1,10 @@
 """The main job end to end with a micro plan (a few steps per stage, 32 px): every stage runs, the
 report and the metric tables are written, and a second run reuses what the first trained."""
 
+import dataclasses
 import json
 
+import pytest
 import yaml
 
 from hydra_umm.config import load_config
@@ -11,7 +13,7 @@ from hydra_umm.demo import CHANCE, run_demo, training_curves
 from micro_plan import MICRO, planned
 
 
-def test_demo_runs_every_stage_and_reuses_them(micro_demo):
+def test_demo_runs_every_stage_and_reuses_them(micro_demo, monkeypatch):
     tmp_path, results, said = micro_demo
     assert set(results) == {"reconstruction", "generation", "understanding", "alignment", "conditioning"}
     assert {"t=0.05 caption", "t=0.05 empty prompt"} <= set(results["conditioning"])
@@ -32,8 +34,13 @@ def test_demo_runs_every_stage_and_reuses_them(micro_demo):
         assert config["umm"]["lambda_flow"] == lambda_flow != load_config("tiny").umm.lambda_flow
 
     said = []
-    run_demo(tmp_path, MICRO, say=said.append)
+    monkeypatch.chdir(tmp_path.parent)  # the same folder named relatively: the same plan
+    run_demo(tmp_path.name, MICRO, say=said.append)
     assert not [line for line in said if line.startswith(("[1/4]", "[2/4]"))]  # only evaluation again
+    longer = dataclasses.replace(MICRO, umm_steps={**MICRO.umm_steps, "II": 2})  # another plan, same folder
+    with pytest.raises(ValueError, match=r"hydra-II holds a stage trained with other settings \(train.steps: 1 there, "
+                                         r"2 now\)"):
+        run_demo(tmp_path, longer, say=said.append)
 
 
 def test_the_report_draws_each_loss_of_the_demos_own_stages(micro_demo):

@@ -26,7 +26,8 @@ from pathlib import Path
 from typing import Sequence
 
 from hydra_umm.demo import (
-    DemoPlan, evaluate_all, is_done, make_data, report_prompts, resolve_plan, stage_config, train_all,
+    DemoPlan, evaluate_all, is_done, make_data, record_stage, report_prompts, resolve_plan, stage_config,
+    train_all,
 )
 from hydra_umm.eval.comparison import ComparedModel, metric_rows, write_comparison
 from hydra_umm.eval.report import Curve, Curves
@@ -66,18 +67,22 @@ def train_harmon_runs(out: Path, plan: DemoPlan, say=print) -> Path:
     data = make_data(out, plan, say)
     runs = harmon_runs(plan)
     vae = out / runs["autoencoder"][0]
-    if not (vae / "model" / WEIGHTS_FILE).is_file():
-        steps = sum(plan.tokenizer_steps.values())
+    steps = sum(plan.tokenizer_steps.values())
+    cfg = stage_config(plan, data, vae, "vae", steps, *HARMON_VAE_OVERRIDES, preset="harmon-tiny")
+    if not is_done(cfg, WEIGHTS_FILE):
         say(f"[2/4] Harmon's KL autoencoder ({steps} steps)")
-        train_harmon(stage_config(plan, data, vae, "vae", steps, *HARMON_VAE_OVERRIDES, preset="harmon-tiny"))
+        record_stage(cfg)
+        train_harmon(cfg)
     previous = ""
     for (stage, steps), name in zip(plan.umm_steps.items(), runs["unified"]):
         run = out / name
-        if not is_done(run / "model"):
+        extra = [f"init={previous}"] if previous else [f"harmon.vae_path={vae / 'model'}"]
+        extra += [f"train.ratios=[{','.join(map(str, plan.umm_ratios[stage]))}]", *plan.umm_overrides]
+        cfg = stage_config(plan, data, run, "unified", steps, *extra, preset="harmon-tiny")
+        if not is_done(cfg):
             say(f"[2/4] Harmon for HYDRA's stage {stage} ({steps} steps) in {run}")
-            extra = [f"init={previous}"] if previous else [f"harmon.vae_path={vae / 'model'}"]
-            extra += [f"train.ratios=[{','.join(map(str, plan.umm_ratios[stage]))}]", *plan.umm_overrides]
-            train_harmon(stage_config(plan, data, run, "unified", steps, *extra, preset="harmon-tiny"))
+            record_stage(cfg)
+            train_harmon(cfg)
         previous = run / "model"
     return previous
 

@@ -18,7 +18,9 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from hydra_umm.config import Config, load_config
+import yaml
+
+from hydra_umm.config import Config, load_config, to_dict
 
 MODEL_WEIGHTS = "model.safetensors"
 CHANCE = "chance (overall on other prompts)"  # the generation table's chance level
@@ -78,9 +80,47 @@ PLANS = {
 }
 
 
-def is_done(model_dir: Path) -> bool:
-    """Whether a run saved its model (a finished stage, reused)."""
-    return (model_dir / MODEL_WEIGHTS).is_file()
+STAGE_FILE = "demo_stage.yaml"  # the config a finished stage was asked for (record_stage)
+# Config keys that name places (an absolute and a relative output folder differ in them), not settings.
+PLACE_KEYS = frozenset({"data", "init", "train.out_dir", "umm.tokenizer_path", "tokenizer.teacher_weights",
+                        "harmon.vae_path"})
+
+
+def _flat(tree: dict, prefix: str = "") -> dict[str, object]:
+    """{"a": {"b": 1}} -> {"a.b": 1}."""
+    out: dict[str, object] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def is_done(cfg: Config, weights: str = MODEL_WEIGHTS) -> bool:
+    """Whether the stage run ``cfg`` describes has finished, i.e. saved ``model/<weights>`` (its model
+    is then reused). A finished run that was asked for other settings (another plan; see
+    :func:`record_stage`) is refused with the settings named, rather than reused or overwritten."""
+    run = Path(cfg.train.out_dir)
+    if not (run / "model" / weights).is_file():
+        return False
+    if not (run / STAGE_FILE).is_file():  # finished before stages were recorded: nothing to compare
+        return True
+    saved, wanted = _flat(yaml.safe_load((run / STAGE_FILE).read_text())), _flat(to_dict(cfg))
+    changed = [k for k in sorted(saved.keys() & wanted.keys()) if k not in PLACE_KEYS and saved[k] != wanted[k]]
+    if changed:
+        named = "; ".join(f"{k}: {saved[k]!r} there, {wanted[k]!r} now" for k in changed[:4])
+        raise ValueError(f"{run} holds a stage trained with other settings ({named}{'; ...' if len(changed) > 4 else ''}): "
+                         "remove that folder to train it again, or give the demo another output folder")
+    return True
+
+
+def record_stage(cfg: Config) -> None:
+    """Note in a stage's folder, before it trains, the config the demo asks it for (the run's own
+    config.yaml holds what its recipe makes of it), for :func:`is_done` to compare."""
+    run = Path(cfg.train.out_dir)
+    run.mkdir(parents=True, exist_ok=True)
+    (run / STAGE_FILE).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
 
 
 def stage_config(plan: DemoPlan, data: str, out_dir: Path, stage: str, steps: int, *extra: str,
@@ -126,11 +166,12 @@ def train_all(out: Path, plan: DemoPlan, say=print) -> Path:
     previous = ""
     for stage, steps in plan.tokenizer_steps.items():
         run = out / f"tokenizer-{stage}"
-        if not is_done(run / "model"):
+        extra = [f"tokenizer.teacher_weights={teacher}", *plan.tokenizer_overrides.get(stage, ())]
+        cfg = stage_config(plan, data, run, stage, steps, *extra, *([f"init={previous}"] if previous else []))
+        if not is_done(cfg):
             say(f"[2/4] HYDRA-TOK stage {stage} ({steps} steps)")
-            extra = [f"tokenizer.teacher_weights={teacher}", *plan.tokenizer_overrides.get(stage, ())]
-            extra += [f"init={previous}"] if previous else []
-            train_tokenizer(stage_config(plan, data, run, stage, steps, *extra))
+            record_stage(cfg)
+            train_tokenizer(cfg)
         previous = str(run / "model")
 
     final = _train_hydra(out, plan, plan.umm_ratios, say)
@@ -151,11 +192,13 @@ def _train_hydra(out: Path, plan: DemoPlan, ratios: dict[str, tuple[float, ...]]
     root, previous = root or out, ""
     for stage, steps in plan.umm_steps.items():
         run = root / f"hydra-{stage}"
-        if not is_done(run / "model"):
+        extra = [f"init={previous}"] if previous else [f"umm.tokenizer_path={out / _tokenizer_run(plan)}"]
+        extra += [f"train.ratios=[{','.join(map(str, ratios[stage]))}]", *plan.umm_overrides]
+        cfg = stage_config(plan, data, run, stage, steps, *extra)
+        if not is_done(cfg):
             say(f"[2/4] HYDRA stage {stage} ({steps} steps) in {run}")
-            extra = [f"init={previous}"] if previous else [f"umm.tokenizer_path={out / _tokenizer_run(plan)}"]
-            extra += [f"train.ratios=[{','.join(map(str, ratios[stage]))}]", *plan.umm_overrides]
-            train_umm(stage_config(plan, data, run, stage, steps, *extra))
+            record_stage(cfg)
+            train_umm(cfg)
         previous = run / "model"
     return previous
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from hydra_umm.config import Config, load_config
-from hydra_umm.demo import DemoPlan, is_done
+from hydra_umm.demo import DemoPlan, is_done, record_stage
 
 PRESET = "hydra-x-tiny"
 
@@ -103,13 +103,15 @@ def train_x(root: Path, plan: XPlan, video: bool, edit: bool, say=print) -> Path
     tasks = "" if video and edit else "-video" if video else "-edit"  # a model per task set: each trains its own
     for stage, steps in plan.umm_steps.items():
         run = root / f"hydra-x-{stage}{tasks}"
-        if not is_done(run / "model"):
+        ratios = ",".join(map(str, demo_ratios(plan, stage, video, edit)))
+        start = [f"init={previous}"] if previous else [f"umm.tokenizer_path={tokenizer}"]
+        cfg = _config(plan, run, f"data={data}", f"stage={stage}", f"train.steps={steps}",
+                      f"train.warmup={max(1, steps // 20)}", f"train.log_every={max(1, steps // 50)}",
+                      f"train.ratios=[{ratios}]", *start, *plan.umm_overrides)
+        if not is_done(cfg):
             say(f"[2/4] HYDRA-X stage {stage} ({steps} steps) in {run}")
-            ratios = ",".join(map(str, demo_ratios(plan, stage, video, edit)))
-            start = [f"init={previous}"] if previous else [f"umm.tokenizer_path={tokenizer}"]
-            train_umm(_config(plan, run, f"data={data}", f"stage={stage}", f"train.steps={steps}",
-                              f"train.warmup={max(1, steps // 20)}", f"train.log_every={max(1, steps // 50)}",
-                              f"train.ratios=[{ratios}]", *start, *plan.umm_overrides))
+            record_stage(cfg)
+            train_umm(cfg)
         previous = str(run / "model")
     return Path(previous)
 
