@@ -110,8 +110,9 @@ def is_done(cfg: Config, weights: str = MODEL_WEIGHTS) -> bool:
     changed = [k for k in sorted(saved.keys() & wanted.keys()) if k not in PLACE_KEYS and saved[k] != wanted[k]]
     if changed:
         named = "; ".join(f"{k}: {saved[k]!r} there, {wanted[k]!r} now" for k in changed[:4])
-        raise ValueError(f"{run} holds a stage trained with other settings ({named}{'; ...' if len(changed) > 4 else ''}): "
-                         "remove that folder to train it again, or give the demo another output folder")
+        more = "; ..." if len(changed) > 4 else ""
+        raise ValueError(f"{run} holds a stage trained with other settings ({named}{more}): remove that folder "
+                         "to train it again, or give the demo another output folder")
     return True
 
 

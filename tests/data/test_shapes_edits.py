@@ -11,6 +11,7 @@ import pytest
 from hydra_umm.data.shapes.edits import (EDIT_KINDS, Edit, edit_records, recon_psnr, sample_edit, sample_edits,
                                          score_edit, summarize_edits, unedited_region)
 from hydra_umm.data.shapes.render import render, to_array
+from hydra_umm.data.shapes.world import HELDOUT_PAIRS
 
 
 @pytest.fixture(scope="module")
@@ -32,6 +33,9 @@ def test_every_kind_is_sampled_seeded_and_round_trips(edits):
             assert e.source.objects == e.target.objects and e.source.background != e.target.background
     with pytest.raises(ValueError, match="unknown edit kind"):
         sample_edit(np.random.default_rng(0), "rotate")
+    for split in ("train", "val", "test"):  # the held-out compositions stay unseen, as in the still world
+        for e in sample_edits(140, seed=0, split=split):
+            assert not (e.source.pairs() | e.target.pairs()) & set(HELDOUT_PAIRS), e.instruction
 
 
 def test_the_true_target_is_correct_and_the_untouched_source_is_not(edits):
@@ -80,8 +84,13 @@ def test_recon_psnr_matches_its_formula_over_the_unedited_region(edits):
     noisy = np.clip(target + np.random.default_rng(0).normal(0, 0.05, target.shape), 0, 1)
     mse = ((noisy - source) ** 2)[region].mean()
     assert recon_psnr(noisy, source, region) == pytest.approx(10 * np.log10(1 / mse))
+    for e in edits:  # the true target changes nothing it should keep, whatever the kind
+        assert score_edit(render(e.target, 64), e)["recon_psnr"] == math.inf, e.instruction
     background = next(x for x in edits if x.kind == "background")
-    assert unedited_region(background, 64).mean() < 0.5  # only the objects' boxes are kept
+    region = unedited_region(background, 64)  # the objects' own pixels, none of the background around them
+    o = background.source.objects[0]
+    x0, y0, x1, y1 = (round(v * 64) for v in o.box)
+    assert 0 < region.mean() < 0.5 and region[(y0 + y1) // 2, (x0 + x1) // 2] and not region[:, 0].any()
     with pytest.raises(ValueError, match="differ in size"):
         recon_psnr(target[:32], source, region)
 

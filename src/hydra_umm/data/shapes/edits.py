@@ -34,8 +34,8 @@ from scipy.optimize import linear_sum_assignment
 from hydra_umm.data.shapes.prompts import NUMBERS, plural, with_article
 from hydra_umm.data.shapes.render import render, to_array
 from hydra_umm.data.shapes.scorer import Detection, detect
-from hydra_umm.data.shapes.world import (COLORS, MAX_OBJECTS, RELATIONS, SHAPES, Scene, ShapeObject, clear_relation,
-                                         fits, place, relative_position, sample_scene)
+from hydra_umm.data.shapes.world import (COLORS, HELDOUT_PAIRS, MAX_OBJECTS, RELATIONS, SHAPES, Scene, ShapeObject,
+                                         clear_relation, fits, place, relative_position, sample_scene)
 
 EDIT_KINDS = ("add", "remove", "replace", "alter", "move", "background", "count")
 BACKGROUND_STEP = 0.12  # a background edit moves the grey level by this much
@@ -166,11 +166,12 @@ SPLITS = ("train", "val", "test")
 
 def sample_edits(n: int, seed: int = 0, split: str = "train") -> list[Edit]:
     """``n`` edits of ``split`` (each split its own seeded stream), the kinds in turn so that every
-    kind is equally represented."""
+    kind is equally represented. As in the still world's splits, no source or target holds a held-out
+    colour-shape pair (HELDOUT_PAIRS), so no instruction names one."""
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; splits: {list(SPLITS)}")
     rng = np.random.default_rng([seed, SPLITS.index(split)])
-    return [sample_edit(rng, EDIT_KINDS[i % len(EDIT_KINDS)]) for i in range(n)]
+    return [sample_edit(rng, EDIT_KINDS[i % len(EDIT_KINDS)], HELDOUT_PAIRS) for i in range(n)]
 
 
 def edit_records(image_size: int, n: int = 100, seed: int = 0, split: str = "train") -> list[dict]:
@@ -228,9 +229,11 @@ def _may_change(edit: Edit) -> list[int]:
 
 
 def unedited_region(edit: Edit, side: int) -> np.ndarray:
-    """(side, side) bool: the pixels the edit should leave as they are."""
+    """(side, side) bool: the pixels the edit should leave as they are: for a background edit the
+    objects' own pixels (where source and target render alike; their boxes hold background too),
+    otherwise everything outside the (grown) boxes of the objects it may change or add."""
     if edit.kind == "background":
-        return _box_mask(edit.source.objects, side)
+        return (np.asarray(render(edit.source, side)) == np.asarray(render(edit.target, side))).all(axis=2)
     changed = [edit.source.objects[i] for i in _may_change(edit)] + [edit.target.objects[i] for i in edit.added]
     return ~_box_mask(changed, side)
 
