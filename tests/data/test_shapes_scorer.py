@@ -260,6 +260,11 @@ def test_score_generations_reads_geneval_layout(tmp_path):
         score_generations(tmp_path / "images", metadata)
     with pytest.raises(ValueError, match="no images"):
         score_generations(tmp_path, metadata)
+    (tmp_path / "images" / "00001" / "metadata.jsonl").unlink()
+    for sample in (tmp_path / "images" / "00001" / "samples").iterdir():  # an interrupted run: prompt 1 missing
+        sample.unlink()
+    with pytest.raises(ValueError, match=r"1 of the 2 prompts .* have no images .*00001"):
+        score_generations(tmp_path / "images", metadata)
 
 
 def test_scores_against_other_prompts_give_the_chance_level(tmp_path):

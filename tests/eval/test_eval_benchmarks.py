@@ -45,6 +45,9 @@ def test_geneval_layout_is_what_its_evaluator_reads(fake_pipeline, geneval_file,
     # the image of sample j is the pipeline's j-th output for this prompt
     expected = fake_pipeline.generate(["a photo of two squares"] * 3, seed=7)[2]
     assert Image.open(out / "00001" / "samples" / "00002.png").getpixel((0, 0)) == expected.getpixel((0, 0))
+    # a second run into the same folder leaves none of the first run's samples behind
+    write_geneval(fake_pipeline, geneval_file, out, n_samples=1, settings=settings)
+    assert sorted(p.name for p in (out / "00001" / "samples").iterdir()) == ["00000.png"]
 
 
 def test_geneval_metadata_errors_are_named(fake_pipeline, tmp_path):

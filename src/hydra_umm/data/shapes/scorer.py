@@ -286,7 +286,8 @@ def read_metadata(path: str | Path) -> list[dict]:
 def score_generations(images_dir: str | Path, metadata_file: str | Path) -> dict:
     """Score images in GenEval's layout, ``<images>/<index:05d>/samples/<NNNN>.png``; folder
     ``index`` belongs to line ``index`` of ``metadata_file`` (a ``metadata.jsonl`` inside the
-    folder, when present, must agree with it). Returns the summary plus ``results`` per image."""
+    folder, when present, must agree with it); every line needs images. Returns the summary plus
+    ``results`` per image."""
     images_dir = Path(images_dir)
     if not images_dir.is_dir():
         raise FileNotFoundError(f"images folder not found: {images_dir}")
@@ -309,6 +310,12 @@ def score_generations(images_dir: str | Path, metadata_file: str | Path) -> dict
                                 "metadata": meta, **result})
     if not results:
         raise ValueError(f"no images in GenEval's layout (<index>/samples/<NNNN>.png) under {images_dir}")
+    scored = {int(Path(r["filename"]).parent.parent.name) for r in results}
+    unscored = [i for i in range(len(metadata)) if i not in scored]
+    if unscored:
+        raise ValueError(f"{len(unscored)} of the {len(metadata)} prompts of {metadata_file} have no images under "
+                         f"{images_dir} (folders {', '.join(f'{i:05d}' for i in unscored[:5])}"
+                         f"{', ...' if len(unscored) > 5 else ''}): an incomplete generation run")
     return {**summarize(results), "results": results}
 
 

@@ -45,11 +45,14 @@ def write_geneval(
     n_samples: int = 4,
     settings: GenerationSettings = GenerationSettings(),
 ) -> Path:
-    """Generate ``n_samples`` images per GenEval prompt into ``out_dir``; returns ``out_dir``."""
+    """Generate ``n_samples`` images per GenEval prompt into ``out_dir``; returns ``out_dir``. Samples
+    an earlier call left in a prompt's folder are removed first, so that none is scored with these."""
     out = Path(out_dir)
     for index, metadata in enumerate(read_geneval_metadata(metadata_file)):
         folder = out / f"{index:05d}"
         (folder / "samples").mkdir(parents=True, exist_ok=True)
+        for stale in (folder / "samples").glob("*.png"):
+            stale.unlink()
         (folder / "metadata.jsonl").write_text(json.dumps(metadata), encoding="utf-8")
         for j, image in enumerate(generate_images(pipeline, metadata["prompt"], n_samples, settings)):
             image.save(folder / "samples" / f"{j:05d}.png")
