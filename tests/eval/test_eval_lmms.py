@@ -71,6 +71,20 @@ def test_loglikelihood_resolves_continuations(adapter):
     assert [im.getpixel((0, 0)) for im in seen["images"]] == [(255, 0, 0), (0, 0, 255)]
 
 
+def test_loglikelihood_scores_batch_size_requests_per_call(adapter):
+    sizes = []
+
+    def loglikelihood(images, contexts, continuations):
+        sizes.append(len(contexts))
+        return [(-float(len(c)), True) for c in continuations]
+
+    adapter.pipeline.loglikelihood = loglikelihood
+    requests = [FakeInstance("loglikelihood", ("Colour?", " " + "x" * i, doc_to_visual, i % 2, "toy", "test"))
+                for i in range(10)]
+    assert adapter.loglikelihood(requests) == [(-float(i + 1), True) for i in range(10)]  # in request order
+    assert sizes == [4, 4, 2]  # adapter.batch_size
+
+
 def test_unsupported_requests_say_why(make_fake_pipeline):
     model = HydraLMMs(make_fake_pipeline())
     model.task_dict = {"toy": {"test": DOCS}}

@@ -96,7 +96,7 @@ class HydraLMMs:
 
     def loglikelihood(self, requests: Sequence[Any]) -> list[tuple[float, bool]]:
         """(log-probability of the continuation, whether greedy decoding would produce it) per request;
-        consecutive requests about images (or about clips) are scored in one call."""
+        consecutive requests about images (or about clips) are scored together, ``batch_size`` per call."""
         parsed = []
         for request in requests:
             context, doc_to_target, doc_to_visual, doc_id, task, split = request.args
@@ -106,10 +106,12 @@ class HydraLMMs:
         scores = []
         for kind, run in itertools.groupby(parsed, key=lambda p: p[0]):
             run = list(run)
-            visuals, contexts, continuations = ([r[i] for r in run] for i in (1, 2, 3))
-            out = (self.pipeline.loglikelihood(visuals, contexts, continuations) if kind == "images"
-                   else self.pipeline.loglikelihood(None, contexts, continuations, videos=visuals))
-            scores += [(float(lp), bool(greedy)) for lp, greedy in out]
+            for start in range(0, len(run), self.batch_size):
+                chunk = run[start: start + self.batch_size]
+                visuals, contexts, continuations = ([r[i] for r in chunk] for i in (1, 2, 3))
+                out = (self.pipeline.loglikelihood(visuals, contexts, continuations) if kind == "images"
+                       else self.pipeline.loglikelihood(None, contexts, continuations, videos=visuals))
+                scores += [(float(lp), bool(greedy)) for lp, greedy in out]
         return scores
 
     def generate_until_multi_round(self, requests: Sequence[Any]) -> list[str]:
