@@ -22,6 +22,10 @@ def test_round_trip_resolves_relative_images(tmp_path):
         assert {k: v for k, v in read.items() if k != "image"} == {k: v for k, v in original.items() if k != "image"}
     # the file itself keeps the relative path (the data set stays relocatable)
     assert json.loads(path.read_text().splitlines()[0])["image"] == "images/a.png"
+    clip = write_manifest([{"image": "clips/c/0000.png", "video": "clips/c", "caption": "it moves"}],
+                          tmp_path / "sub" / "clips.jsonl")
+    (back,) = read_manifest(clip)  # a clip manifest's videos resolve the same way, wherever one runs from
+    assert back["video"] == str((tmp_path / "sub" / "clips" / "c").resolve())
 
 
 def test_missing_key_names_the_line(tmp_path):

@@ -140,6 +140,12 @@ def test_shapes_vqa_asks_the_pipeline(shapes_like_images, make_fake_pipeline):
     assert {t: v["accuracy"] for t, v in result["per_type"].items()} == {"color": 1.0, "count": 0.0, "existence": 0.0}
     assert [a["correct"] for a in result["answers"]] == [True, False, False]
 
+    # questions about clips: records may hold only their clip, shown in the answers by its first frame
+    frames = [Image.new("RGB", (8, 8), (255, 0, 0))] * 5
+    clips = [{"video": frames, "qa": [{"question": "What moves?", "answer": "red", "type": "video"}]}]
+    result = evaluate_shapes_vqa(make_fake_pipeline(replies={"What moves?": "red"}), clips, frames=5)
+    assert result["accuracy"] == 1.0 and result["answers"][0]["image"] is frames[0]
+
 
 def test_shapes_geneval_with_the_shapes_scorer_end_to_end(tmp_path):
     """An oracle pipeline that renders each prompt's ground-truth scene scores high with the shapes

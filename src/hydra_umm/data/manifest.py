@@ -52,8 +52,8 @@ def split_records(records: list[dict], split: str | None) -> list[dict]:
 
 
 def read_manifest(path: str | Path) -> list[dict]:
-    """Read a JSONL manifest; ``image`` becomes an absolute path (relative ones are resolved
-    against the manifest's folder). Blank lines are skipped. Raises ``ManifestError`` naming the
+    """Read a JSONL manifest; ``image`` and (in clip manifests) ``video`` become absolute paths
+    (relative ones are resolved against the manifest's folder). Blank lines are skipped. Raises ``ManifestError`` naming the
     file and line of any malformed record, and ``FileNotFoundError`` if the file is missing."""
     path = Path(path)
     if not path.is_file():
@@ -69,8 +69,10 @@ def read_manifest(path: str | Path) -> list[dict]:
             except json.JSONDecodeError as e:
                 raise ManifestError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
             _validate(record, path, lineno)
-            image = Path(os.path.expanduser(record["image"]))
-            record["image"] = str(image if image.is_absolute() else root / image)
+            for key in ("image", "video"):
+                if key in record:
+                    place = Path(os.path.expanduser(record[key]))
+                    record[key] = str(place if place.is_absolute() else root / place)
             records.append(record)
     return records
 

@@ -10,7 +10,6 @@ so :class:`ClipDataset` skips and counts it exactly as the image data sets do.
 
 from __future__ import annotations
 
-import os
 from fractions import Fraction
 from pathlib import Path
 from typing import Sequence, Union
@@ -124,18 +123,12 @@ def clip_paths(source: str | Path) -> list[Path]:
         missing = [r.get("id", i) for i, r in enumerate(records) if "video" not in r]
         if missing:
             raise ValueError(f"{source}: not a clip manifest, records without 'video': {missing[:5]}")
-        paths = [resolve(r["video"], source.resolve().parent) for r in records]
+        paths = [Path(r["video"]) for r in records]
     else:
         raise FileNotFoundError(f"no clip folder or clip manifest at {source}")
     if not paths:
         raise ValueError(f"no clips (frame folders or {', '.join(VIDEO_EXTENSIONS)} files) in {source}")
     return paths
-
-
-def resolve(path: str | Path, root: Path) -> Path:
-    """``path`` (``~`` expanded) as is when absolute, else relative to ``root``."""
-    path = Path(os.path.expanduser(path))
-    return path if path.is_absolute() else root / path
 
 
 def load_clips(source: str | Path, frames: int, size: int | None = None, limit: int | None = None) -> torch.Tensor:
@@ -183,11 +176,7 @@ class ClipDataset(ImageItemDataset):
                       split: str | None = None) -> "ClipDataset":
         """A JSONL clip manifest (relative ``video`` paths resolved against its folder), optionally
         only the records of one ``split`` (:func:`split_records`)."""
-        root = Path(path).resolve().parent
         records = split_records(read_manifest(path), split)
-        for r in records:
-            if "video" in r:
-                r["video"] = str(resolve(r["video"], root))
         if not records:
             raise ValueError(f"{path}: no records" + (f" in split {split!r}" if split else ""))
         return cls(records, task, image_size, frames)

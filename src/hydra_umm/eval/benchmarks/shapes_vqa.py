@@ -78,6 +78,14 @@ def score_answers(qas: list[dict], predictions: list[str]) -> dict:
     }
 
 
+def _shown(record: dict) -> Any:
+    """What a report shows beside an answer: the record's image (PIL or its path), else its clip's
+    first frame or path."""
+    shown = record["image"] if "image" in record else record["video"]
+    shown = shown[0] if isinstance(shown, list) else shown
+    return shown if isinstance(shown, Image.Image) else str(shown)
+
+
 def evaluate_shapes_vqa(
     pipeline: Any, records: Iterable[dict], max_new_tokens: int = 16, batch_size: int = 16, seed: int = 0,
     frames: int | None = None,
@@ -109,7 +117,7 @@ def evaluate_shapes_vqa(
     qas = [qa for _, qa in items]
     result = score_answers(qas, predictions)
     result["answers"] = [
-        {"image": record["image"] if isinstance(record["image"], Image.Image) else str(record["image"]),
+        {"image": _shown(record),
          "question": qa["question"], "answer": qa["answer"], "prediction": pred,
          "type": qa.get("type", "untyped"), "correct": is_correct(pred, qa)}
         for (record, qa), pred in zip(items, predictions)
