@@ -32,6 +32,7 @@ def test_metrics_of_a_noisy_reconstructor(shapes_like_images, make_fake_pipeline
     assert result["psnr"] == pytest.approx(expected, abs=1e-3)  # uint8 [0, 255] and [-1, 1] agree
     assert 0 < result["ssim"] < 1 and result["n"] == 6
     assert [c[0] for c in pipeline.calls] == ["reconstruct", "reconstruct"]
+    assert evaluate_reconstruction(pipeline, originals, limit=2)["n"] == 2  # images in memory too
 
 
 def test_missing_inception_file_fails_before_reconstructing(shapes_like_images, fake_pipeline, tmp_path):

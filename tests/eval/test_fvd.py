@@ -140,10 +140,16 @@ class ShiftTokenizer(torch.nn.Module):
 def test_clip_reconstruction_goes_through_the_tokenizer_and_8_bit_frames(clips, i3d_file):
     tokenizer = ShiftTokenizer()
     result = evaluate_clip_reconstruction(tokenizer, clips, frames=5, i3d_weights=i3d_file, batch_size=3)
-    recon = tokenizer.decode(clips).detach().clamp(-1, 1)
+    originals = ((clips.clamp(-1, 1) + 1) * 127.5).round() / 127.5 - 1  # 8-bit, as loaded clips are
+    recon = tokenizer.decode(originals).detach().clamp(-1, 1)
     recon = ((recon + 1) * 127.5).round() / 127.5 - 1
-    expected = clip_reconstruction_metrics(clips, recon, load_i3d(i3d_file))
+    expected = clip_reconstruction_metrics(originals, recon, load_i3d(i3d_file))
     assert same_metrics(result, expected)
+    with torch.no_grad():
+        tokenizer.ripple.zero_()  # a perfect round trip
+    assert evaluate_clip_reconstruction(tokenizer, clips, frames=5)["psnr"] == float("inf")
+    with pytest.raises(ValueError, match="expected clips of 9 frames, got 5"):
+        evaluate_clip_reconstruction(tokenizer, clips, frames=9)
     with pytest.raises(FileNotFoundError, match=I3D_FILE):
         evaluate_clip_reconstruction(tokenizer, clips, frames=5, i3d_weights="missing/i3d_torchscript.pt")
 

@@ -81,7 +81,7 @@ def evaluate_reconstruction(
     if isinstance(source, (str, Path)):
         images = load_images(source, size, limit)
     else:
-        images = [resize_crop(im, size) for im in source] if size else list(source)
+        images = [resize_crop(im, size) for im in source[:limit]] if size else list(source[:limit])
     originals = to_tensor(images)
     recons = to_tensor(reconstruct(pipeline, images, batch_size, steps, seed))
     result = {"n": float(len(images)), "psnr": psnr(originals, recons).mean().item(),
@@ -107,7 +107,12 @@ def evaluate_clip_reconstruction(
     rFVD of ``tokenizer.decode(tokenizer.encode(clips), steps=, generator=)`` over clips of ``frames``
     frames: a clip folder, a clip manifest, or clips (n, 3, F, H, W) in [-1, 1]."""
     net = load_i3d(i3d_weights) if i3d_weights is not None else None  # fail before decoding
-    clips = load_clips(source, frames, size, limit) if isinstance(source, (str, Path)) else source[:limit]
+    if isinstance(source, (str, Path)):
+        clips = load_clips(source, frames, size, limit)
+    else:  # 8-bit like the loaded clips and the reconstructions, so that a perfect round trip scores inf
+        if source.shape[2] != frames:
+            raise ValueError(f"expected clips of {frames} frames, got {source.shape[2]} ({tuple(source.shape)})")
+        clips = to_uint8(source[:limit]).float() / 127.5 - 1
     device = next(tokenizer.parameters()).device
     generator = torch.Generator(device=device).manual_seed(seed)
     recons = []
