@@ -107,6 +107,17 @@ def test_resume_from_a_named_checkpoint(uninterrupted, tmp_path):
         make_trainer(tmp_path / "other", resume=str(tmp_path / "missing.pt")).fit()
 
 
+def test_resuming_from_an_earlier_checkpoint_sets_the_later_ones_aside(uninterrupted, tmp_path):
+    """Going back in a run's own folder: the abandoned later checkpoints neither outrank the continued
+    run's (keep_last pruned the new ones, latest pointed at the old) nor are they deleted."""
+    make_trainer(tmp_path, ckpt_every=4, keep_last=3).fit()  # steps 12, 16, 20 kept
+    back = make_trainer(tmp_path, seed=2, keep_last=1, resume=str(tmp_path / "checkpoints" / "step_00000012.pt"))
+    back.fit(until=14)
+    assert [p.name for p in checkpoints(tmp_path)] == ["step_00000014.pt"]
+    aside = tmp_path / "checkpoints" / "abandoned_after_00000012"
+    assert sorted(p.name for p in aside.iterdir()) == ["step_00000016.pt", "step_00000020.pt"]
+    assert make_trainer(tmp_path).fit()["step"] == 20  # resume=auto continues the new line
+
 def test_resume_never_refuses_to_mix_with_old_checkpoints(uninterrupted):
     out = uninterrupted[0]
     config = (out / "config.yaml").read_text()

@@ -42,6 +42,21 @@ def latest(run_dir: Union[str, Path]) -> Path | None:
     return found[-1] if found else None
 
 
+def set_aside_later(run_dir: Union[str, Path], step: int) -> list[Path]:
+    """Move the run's checkpoints of steps after ``step`` (a run resumed from an earlier one leaves them
+    behind) into ``checkpoints/abandoned_after_<step>/``, where neither :func:`latest` nor the
+    ``keep_last`` pruning of the continued run sees them. Returns their new paths."""
+    later = [p for p in checkpoints(run_dir) if int(_NAME.match(p.name).group(1)) > step]
+    if not later:
+        return []
+    aside = checkpoint_dir(run_dir) / f"abandoned_after_{step:08d}"
+    aside.mkdir(exist_ok=True)
+    moved = [aside / p.name for p in later]
+    for old, new in zip(later, moved):
+        os.replace(old, new)
+    return moved
+
+
 def save_checkpoint(state: dict, run_dir: Union[str, Path], step: int, keep_last: int) -> Path:
     """Write ``state`` as the checkpoint of ``step`` atomically, then keep only the newest
     ``keep_last`` checkpoints and remove temporary files that killed writers left behind."""

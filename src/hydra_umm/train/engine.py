@@ -36,7 +36,8 @@ from torch.distributed.tensor import DTensor
 from torch.utils.tensorboard import SummaryWriter
 from tqdm.auto import tqdm
 
-from hydra_umm.train.checkpoint import checkpoints, latest, load_checkpoint, rng_state, save_checkpoint, set_rng_state
+from hydra_umm.train.checkpoint import (checkpoints, latest, load_checkpoint, rng_state, save_checkpoint,
+                                        set_aside_later, set_rng_state)
 from hydra_umm.train.config import TrainConfig
 from hydra_umm.train.distributed import DistEnv, all_mean, full_state, load_full_state
 
@@ -112,8 +113,7 @@ class Trainer:
     def train_step(self, batch: Any) -> dict[str, float]:
         """One step; returns its scalars (``loss``, the model's other scalars and ``grad_norm``), or
         nothing for a skipped step. Raises NonFiniteLossError after ``max_bad_steps`` bad steps in a row."""
-        cuda = self.env.device.type == "cuda"
-        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=cuda and self.cfg.bf16):
+        with self._autocast():
             out = self.forward(to_device(batch, self.env.device))
         if not isinstance(out, Mapping) or not isinstance(out.get("loss"), torch.Tensor) or out["loss"].dim() != 0:
             raise TypeError(f"the model's forward must return a dict with a scalar tensor 'loss', got {out!r:.200}")
@@ -211,6 +211,9 @@ class Trainer:
             log.warning("checkpoint was written by %d processes, this run has %d: RNG states not restored",
                         len(state["rng"]), self.env.world_size)
         log.info("resumed from %s at step %d", path, self.step)
+        if self.env.is_main and (moved := set_aside_later(self.out_dir, self.step)):
+            log.warning("%d later checkpoints of this run moved to %s: the run continues from step %d",
+                        len(moved), moved[0].parent, self.step)
 
     # ------------------------------------------------------------------------------- the run
 
@@ -272,9 +275,14 @@ class Trainer:
         log.info("step %d/%d %s lr %s", self.step, self.cfg.steps,
                  " ".join(f"{k}={v:.4g}" for k, v in metrics.items()), f"{max(lrs):.3g}")
 
+    def _autocast(self) -> torch.autocast:
+        """bf16 autocast on CUDA when ``bf16`` (for the training step and validation alike: sharded
+        bf16 weights meet fp32 inputs otherwise)."""
+        return torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.env.device.type == "cuda" and self.cfg.bf16)
+
     def _validate(self, writer: SummaryWriter | None) -> None:
         self.model.eval()
-        with torch.no_grad():
+        with torch.no_grad(), self._autocast():
             metrics = dict(self.validate(self.model, self.step))
         self.model.train()
         log.info("validation at step %d: %s", self.step, " ".join(f"{k}={v:.4g}" for k, v in metrics.items()))
