@@ -128,8 +128,10 @@ def test_resume_never_refuses_to_mix_with_old_checkpoints(uninterrupted):
 
 def test_resume_refuses_a_changed_schedule(tmp_path):
     make_trainer(tmp_path).fit(until=8)
-    for change in ({"steps": 40}, {"warmup": 2}, {"lr": LearningRates(default=1e-3, decoder=1e-2)}):
-        with pytest.raises(ValueError, match="another learning-rate schedule"):
+    for change in ({"steps": 40}, {"warmup": 2}, {"lr": LearningRates(default=1e-3, decoder=1e-2)},
+                   {"lr": LearningRates(default=1e-2, decoder=3e-3)},  # the same rates, other groups
+                   {"weight_decay": 0.3}, {"betas": [0.8, 0.9]}):
+        with pytest.raises(ValueError, match="another learning-rate schedule or optimiser settings"):
             make_trainer(tmp_path, **change).fit()
     assert make_trainer(tmp_path).fit()["step"] == 20
 

@@ -195,11 +195,12 @@ class Trainer:
             log.info("no checkpoint in %s: starting at step 0", self.out_dir)
             return
         state = load_checkpoint(path)
-        saved, ours = _schedule(state["scheduler"]), _schedule(self.scheduler.state_dict())
-        if saved != ours:  # loading would silently keep the checkpoint's schedule
-            raise ValueError(f"{path} was written under another learning-rate schedule ({saved}) than this run "
-                             f"asks for ({ours}): resume with the run's train.steps, warmup and lr, or start a new "
-                             "run from its saved model (init=...)")
+        saved = _schedule(state["scheduler"], state["optimizer"])
+        ours = _schedule(self.scheduler.state_dict(), self.optimizer.state_dict())
+        if saved != ours:  # loading would silently keep the checkpoint's schedule and optimiser settings
+            raise ValueError(f"{path} was written under another learning-rate schedule or optimiser settings ({saved}) "
+                             f"than this run asks for ({ours}): resume with the run's train.steps, warmup, lr, "
+                             "weight_decay and betas, or start a new run from its saved model (init=...)")
         load_full_state(self.model, self.optimizer, state["model"], state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.data.load_state_dict(state["data"])
@@ -291,11 +292,14 @@ class Trainer:
                 writer.add_scalar(f"val/{k}", v, self.step)
 
 
-def _schedule(state: Mapping[str, Any]) -> str:
-    """A scheduler state's schedule in words: its lr factor's settings (WarmupCosine's) and peak rates."""
-    factor = (state.get("lr_lambdas") or [None])[0] or {}
-    peaks = " ".join(f"{lr:g}" for lr in sorted(set(state.get("base_lrs", []))))
-    return ", ".join([*(f"{k} {v}" for k, v in factor.items()), f"peak lr {peaks}"])
+def _schedule(scheduler: Mapping[str, Any], optimizer: Mapping[str, Any]) -> str:
+    """A run's schedule and optimiser settings in words: the lr factor's settings (WarmupCosine's) and
+    each parameter group's peak rate, weight decay and betas."""
+    factor = (scheduler.get("lr_lambdas") or [None])[0] or {}
+    groups = [f"{g.get('name', i)}: peak lr {g.get('initial_lr', g['lr']):g}, weight decay {g.get('weight_decay', 0):g}"
+              + (f", betas {tuple(g['betas'])}" if "betas" in g else "")
+              for i, g in enumerate(optimizer["param_groups"])]
+    return "; ".join([", ".join(f"{k} {v}" for k, v in factor.items()), *groups])
 
 
 @contextlib.contextmanager
