@@ -64,6 +64,10 @@ def test_a_clip_manifest_gives_clip_tasks_and_anchor_frames_only_to_tokenizers(t
     unsplit = tmp_path / "unsplit.jsonl"  # a manifest naming no splits is all training data
     write_manifest([{k: v for k, v in r.items() if k != "split"} for r in read_manifest(manifest)], unsplit)
     assert len(open_sources(str(unsplit), ["video_caption"], 32, 0, frames=5)["video_caption"]) == len(tok)
+    captions_only = tmp_path / "captions.jsonl"  # clips with captions but no questions give no clip questions
+    write_manifest([{k: v for k, v in r.items() if k != "qa"} for r in read_manifest(unsplit)], captions_only)
+    assert set(open_sources(str(captions_only), ["video_caption", "video_instruction"], 32, 0, frames=5)) == \
+        {"video_caption"}
 
 
 def test_train_umm_over_hydra_xtok_draws_every_task(tmp_path):

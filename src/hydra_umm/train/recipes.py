@@ -100,16 +100,16 @@ def open_sources(data: str, tasks: Sequence[str], image_size: int, seed: int, sp
         raise ValueError("no training data: set data=<manifest.jsonl|folder|llava.json|shapes[:N]>")
     found: dict[str, list[Dataset]] = {t: [] for t in tasks}
 
-    def add_clips(make: Callable[[str], Dataset]) -> None:
-        for task in tasks:
-            if task in CLIP_TASKS:
+    def add_clips(make: Callable[[str], Dataset], records: Sequence[dict]) -> None:
+        for task in tasks:  # clip questions only where some record has them, as for images
+            if task in CLIP_TASKS and (CLIP_TASKS[task] != "instruction" or any(r.get("qa") for r in records)):
                 found[task].append(make(CLIP_TASKS[task]))
 
     for spec in (s.strip() for s in data.split(",") if s.strip()):
         name, _, count = spec.partition(":")
         if name == "shapes-clips":
             clips = clip_records(image_size, n=int(count or SHAPES_DEFAULT_CLIPS), frames=frames, seed=seed, split=split)
-            add_clips(lambda task: ClipDataset(clips, task, image_size, frames))
+            add_clips(lambda task: ClipDataset(clips, task, image_size, frames), clips)
             continue
         if name == "shapes-edits":
             if "edit" in tasks:
@@ -126,7 +126,7 @@ def open_sources(data: str, tasks: Sequence[str], image_size: int, seed: int, sp
         elif spec.endswith(".jsonl"):
             records = split_records(read_manifest(spec), split)
             if any("video" in r for r in records):
-                add_clips(lambda task: ClipDataset.from_manifest(spec, task, image_size, frames, split))
+                add_clips(lambda task: ClipDataset.from_manifest(spec, task, image_size, frames, split), records)
                 if not anchor_frames:
                     continue
         elif Path(spec).is_dir():
