@@ -12,7 +12,7 @@ from hydra_umm.eval.report import read_scalars
 from hydra_umm.inference import HydraPipeline
 from hydra_umm.models.hydra import HydraModel
 from hydra_umm.models.hydra_tok import HydraTok
-from hydra_umm.train.recipes import open_sources
+from hydra_umm.train.recipes import _stream, open_sources
 
 # A HYDRA even smaller than `tiny`: 32 px images, a 4x4 latent grid, 2-layer LM.
 SMALL = [
@@ -144,3 +144,5 @@ def test_bad_stage_and_missing_data_are_clear():
         open_sources("", ["t2i"], 32, 0)
     with pytest.raises(ValueError, match="not a .jsonl manifest"):
         open_sources("nowhere.csv", ["t2i"], 32, 0)
+    with pytest.raises(ValueError, match="shards give image-caption pairs only.*caption, t2i"):
+        _stream(load_config("tiny", ["data=shards/shard-{000000..000009}.tar"]), {"caption": 1, "t2i": 2}, 32, None)

@@ -147,10 +147,13 @@ def _stream(cfg: Config, ratios: Mapping[str, float], image_size: int, env: Dist
     """The resumable training batch stream of this rank, and the mixture (for its skip count);
     ``anchor_frames`` as :func:`open_sources` takes it."""
     train = cfg.train
+    tasks = [t for t, r in ratios.items() if r > 0]
     if ".tar" in cfg.data:  # webdataset shards: one image-caption stream (tokenizer data)
+        if tasks != ["t2i"]:
+            raise ValueError(f"webdataset shards give image-caption pairs only, but this run's ratios ask for "
+                             f"{', '.join(tasks)}: train from manifests (.jsonl), or set the other ratios to 0")
         dataset = ShardDataset(cfg.data, "t2i", image_size)
         return shard_stream(dataset, train.batch_size, train.num_workers), dataset
-    tasks = [t for t, r in ratios.items() if r > 0]
     sources = open_sources(cfg.data, tasks, image_size, cfg.seed, frames=train.clip_frames, anchor_frames=anchor_frames)
     group = train.batch_size if train.task_per_batch else 1
     mixture = MixtureDataset(sources, TaskMixture(ratios, seed=cfg.seed, block=train.mixture_block, group=group))
