@@ -11,7 +11,7 @@ from hydra_umm.data.datasets import IMAGE_TASKS, RecordDataset, shapes_records
 from hydra_umm.data.mixture import BatchStream, MixtureDataset, TaskMixture, mixture_stream
 from hydra_umm.train.checkpoint import checkpoints
 from hydra_umm.train.config import LearningRates, TrainConfig
-from hydra_umm.train.engine import NonFiniteLossError, Trainer
+from hydra_umm.train.engine import DataExhaustedError, NonFiniteLossError, Trainer
 from hydra_umm.train.schedule import WarmupCosine, build_optimizer, param_groups
 
 
@@ -117,6 +117,13 @@ def test_resuming_from_an_earlier_checkpoint_sets_the_later_ones_aside(uninterru
     aside = tmp_path / "checkpoints" / "abandoned_after_00000012"
     assert sorted(p.name for p in aside.iterdir()) == ["step_00000016.pt", "step_00000020.pt"]
     assert make_trainer(tmp_path).fit()["step"] == 20  # resume=auto continues the new line
+
+def test_data_that_runs_out_saves_the_steps_done_and_says_so(tmp_path):
+    trainer = make_trainer(tmp_path, steps=10, ckpt_every=4)
+    trainer.data = BatchStream(lambda position: map(random_batch, range(position, 6)))  # six batches only
+    with pytest.raises(DataExhaustedError, match="ran out after 6 of 10 steps"):
+        trainer.fit()
+    assert [p.name for p in checkpoints(tmp_path)] == ["step_00000004.pt", "step_00000006.pt"]
 
 def test_resume_never_refuses_to_mix_with_old_checkpoints(uninterrupted):
     out = uninterrupted[0]

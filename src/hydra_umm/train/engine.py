@@ -36,12 +36,16 @@ from torch.distributed.tensor import DTensor
 from torch.utils.tensorboard import SummaryWriter
 from tqdm.auto import tqdm
 
-from hydra_umm.train.checkpoint import (checkpoints, latest, load_checkpoint, rng_state, save_checkpoint,
-                                        set_aside_later, set_rng_state)
+from hydra_umm.train.checkpoint import (checkpoint_dir, checkpoints, latest, load_checkpoint, rng_state,
+                                        save_checkpoint, set_aside_later, set_rng_state)
 from hydra_umm.train.config import TrainConfig
 from hydra_umm.train.distributed import DistEnv, all_mean, full_state, load_full_state
 
 log = logging.getLogger(__name__)
+
+
+class DataExhaustedError(RuntimeError):
+    """The batch stream ended before the run's steps did."""
 
 
 class NonFiniteLossError(RuntimeError):
@@ -238,8 +242,16 @@ class Trainer:
                 self.model.train()
                 while self.step < stop:
                     lrs = self.scheduler.get_last_lr()  # the rates this step uses
+                    try:
+                        batch = next(self.data)
+                    except StopIteration:  # a finite stream (shards) ran out: keep what was trained
+                        if saved_at != self.step:
+                            self.save()
+                        raise DataExhaustedError(f"the training data ran out after {self.step} of {self.cfg.steps} "
+                                                 f"steps (checkpoint saved in {checkpoint_dir(self.out_dir)}): "
+                                                 "add data or lower train.steps, then resume") from None
                     started = time.perf_counter()
-                    metrics = self.train_step(next(self.data))
+                    metrics = self.train_step(batch)
                     self.train_seconds += time.perf_counter() - started
                     self.step += 1
                     bar.update(1)
