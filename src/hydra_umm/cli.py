@@ -127,13 +127,22 @@ def _edit(args: argparse.Namespace) -> None:
 
 def _answer(args: argparse.Namespace) -> None:
     from hydra_umm.data.datasets import load_image
-    from hydra_umm.data.video import read_frames
+    from hydra_umm.data.video import check_frame_count, read_frames, sample_frames
 
     if (args.image is None) == (args.video is None):
         raise SystemExit("answer takes --image or --video (one of them)")
+    if args.video is None:
+        visual = {"images": [load_image(args.image)]}
+    else:
+        frames = read_frames(args.video)
+        if args.frames is not None:
+            check_frame_count(args.frames)
+            frames = sample_frames(frames, args.frames)
+        elif (len(frames) - 1) % 4:
+            raise ValueError(f"{args.video} has {len(frames)} frames; HYDRA-X reads 1 + 4k: pass --frames 17 (or 5, "
+                             "9, ...) to sample that many evenly")
+        visual = {"videos": [frames]}
     pipe = _load_pipeline(args)
-    visual = ({"images": [load_image(args.image)]} if args.video is None
-              else {"videos": [read_frames(args.video)]})
     (text,) = pipe.answer(questions=[args.question], max_new_tokens=args.max_new_tokens,
                           temperature=args.temperature, seed=args.seed, **visual)
     print(text)
@@ -377,6 +386,8 @@ def build_parser() -> argparse.ArgumentParser:
     model_args(p)
     p.add_argument("--image", default=None)
     p.add_argument("--video", default=None, help="a video file or a folder of frames")
+    p.add_argument("--frames", type=int, default=None,
+                   help="with --video: sample this many frames (1 + 4k) evenly; default: every frame, 1 + 4k of them")
     p.add_argument("--question", required=True)
     p.add_argument("--max-new-tokens", type=int, default=32)
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")

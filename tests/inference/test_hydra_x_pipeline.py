@@ -134,6 +134,13 @@ def test_the_cli_edits_generates_clips_and_answers_about_clips(pipe, tmp_path, c
     cli.main(["answer", "--model", str(model_dir), "--video", str(tmp_path / "q.mp4"), "--question", "what moves?",
               "--max-new-tokens", "4"])
     assert capsys.readouterr().out.strip()
+    write_clip(to_pil(clips(1, 9)[0].transpose(0, 1))[:8], tmp_path / "eight.mp4")  # not 1 + 4k frames
+    with pytest.raises(SystemExit):
+        cli.main(["answer", "--model", str(model_dir), "--video", str(tmp_path / "eight.mp4"), "--question", "?"])
+    assert "has 8 frames" in capsys.readouterr().err
+    cli.main(["answer", "--model", str(model_dir), "--video", str(tmp_path / "eight.mp4"), "--frames", "5",
+              "--question", "what moves?", "--max-new-tokens", "4"])
+    assert capsys.readouterr().out.strip()
     (tmp_path / "broken.mp4").write_bytes(b"not a video")
     with pytest.raises(SystemExit):
         cli.main(["answer", "--model", str(model_dir), "--video", str(tmp_path / "broken.mp4"), "--question", "?"])
