@@ -17,7 +17,7 @@ from hydra_umm.data.video import load_clips
 from hydra_umm.eval.report import read_scalars
 from hydra_umm.models.hydra_xtok import HydraXTok
 from hydra_umm.train.ablate import VARIANTS, variant_name
-from hydra_umm.train.recipes import AlternatingStream, train_xtok
+from hydra_umm.train.recipes import AlternatingStream, _clip_dataset, train_xtok
 from hydra_umm.train.teacher import VIDEO_METRICS_FILE, VIDEO_WEIGHTS_FILE, train_video_teacher
 
 MICRO = ["tokenizer.image_size=32", "tokenizer.width=32", "tokenizer.depth=4", "tokenizer.gen_depth=2",
@@ -163,6 +163,10 @@ def test_alternating_stream_resumes_where_it_stopped():
     resumed.load_state_dict(state)
     assert [next(resumed) for _ in range(3)] == expected == [502, 3, 503]
 
+
+def test_clips_are_cut_to_train_clip_frames_or_the_shortest_clip(clips):
+    assert _clip_dataset([clips["train"]], 32, "train", frames=1)[0]["image"].shape == (3, 1, 32, 32)
+    assert _clip_dataset([clips["train"]], 32, "train", frames=17)[0]["image"].shape == (3, FRAMES, 32, 32)
 
 def test_bad_stage_init_and_data_are_clear(clips):
     with pytest.raises(ValueError, match="stages 1, 2, 3"):

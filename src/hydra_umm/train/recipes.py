@@ -436,9 +436,10 @@ def _clip_manifests(data: str) -> list[str]:
     return [s for s in specs if any("video" in r for r in read_manifest(s))]
 
 
-def _clip_dataset(manifests: Sequence[str], image_size: int, split: str) -> Dataset | None:
+def _clip_dataset(manifests: Sequence[str], image_size: int, split: str, frames: int) -> Dataset | None:
     """The clips of ``split`` of every clip manifest (all of a manifest that names no splits count as
-    "train"), cut to the shortest clip's 1 + 4k frames (records' ``frames``); None when there are none."""
+    "train"), cut to ``frames`` (train.clip_frames) or, when a clip is shorter, to the shortest clip's
+    1 + 4k frames (records' ``frames``); None when there are none."""
     from hydra_umm.data.video import ClipDataset
 
     parts = []
@@ -448,8 +449,8 @@ def _clip_dataset(manifests: Sequence[str], image_size: int, split: str) -> Data
             continue
         if any("frames" not in r for r in chosen):
             raise ValueError(f"{path}: clip records need their frame count under 'frames'")
-        frames = 1 + 4 * ((min(int(r["frames"]) for r in chosen) - 1) // 4)
-        parts.append(ClipDataset.from_manifest(path, "t2i", image_size, frames, split))
+        shortest = 1 + 4 * ((min(int(r["frames"]) for r in chosen) - 1) // 4)
+        parts.append(ClipDataset.from_manifest(path, "t2i", image_size, min(frames, shortest), split))
     if len({part.frames for part in parts}) > 1:
         raise ValueError(f"clip manifests of different lengths {sorted({part.frames for part in parts})} frames: "
                          "give clips of one length")
@@ -528,7 +529,7 @@ def train_xtok(cfg: Config) -> Path:
         module.requires_grad_(True)
     tok.to(env.device)
     size, train = tok.cfg.image_size, cfg.train
-    clip_set = _clip_dataset(manifests, size, "train")
+    clip_set = _clip_dataset(manifests, size, "train", cfg.train.clip_frames)
     if clip_set is None:
         raise ValueError(f"no training clips in {manifests}")
 
@@ -546,7 +547,7 @@ def train_xtok(cfg: Config) -> Path:
     objective = data_parallel(TokenizerObjective(tok, stage), env, find_unused_parameters=True)
     optimizer, scheduler = build_optimizer(components, train, tok)
     data = streams()
-    val_clips = _clip_dataset(manifests, size, "val")
+    val_clips = _clip_dataset(manifests, size, "val", cfg.train.clip_frames)
     val = _validation_batches(cfg, ["t2i"], size, count=train.batch_size, anchor_frames=True)
     if val_clips is not None:
         items = [val_clips[i] for i in range(min(train.batch_size, len(val_clips)))]
