@@ -403,6 +403,7 @@ def train_harmon(cfg: Config) -> Path:
                              "directory of a stage=vae run>")
         texts = [] if cfg.llm.path else _text_corpus(cfg, size)
         model = HarmonModel(cfg, build_text_tokenizer(cfg.llm, texts))
+    size = model.cfg.harmon.image_size  # a continued model's own
     model.to(env.device)
     if cfg.train.activation_checkpointing:
         checkpoint_activations(model, (Block, type(model.llm.model.layers[0])))

@@ -58,6 +58,15 @@ def test_a_run_resumes_under_its_own_schedule_only(runs, capsys):
     assert "another learning-rate schedule" in capsys.readouterr().err
 
 
+def test_a_continued_model_trains_at_its_own_image_size(runs, tmp_path):
+    """init= keeps the saved model's sizes: the 32-px model continues on 32-px data under a config whose
+    harmon.image_size (harmon-tiny's 64) is another."""
+    out = tmp_path / "continued"
+    main(["train", "harmon", "--config", "harmon-tiny", "data=shapes:24", *[o for o in SMALL if "image_size" not in o],
+          "train.steps=1", "train.val_every=0", f"init={runs / 'unified' / 'model'}", f"train.out_dir={out}"])
+    assert load_checkpoint(latest(out))["step"] == 1
+
+
 def test_stages_and_the_autoencoder_are_required(capsys):
     for overrides, message in ((["stage=I"], "Harmon training has stages vae, unified"), ([], "harmon.vae_path")):
         with pytest.raises(SystemExit):
