@@ -6,6 +6,7 @@ import json
 import pytest
 from PIL import Image
 
+from hydra_umm.data.shapes.edits import EXACT_PSNR
 from hydra_umm.data.video import read_frames, sample_frames, write_clip
 from hydra_umm.eval.benchmarks import (EditSettings, GenerationSettings, evaluate_shapes_edit, write_gedit,
                                        write_imgedit, write_vbench)
@@ -65,7 +66,10 @@ def test_shapes_edit_evaluation_scores_and_saves(tmp_path, make_fake_pipeline):
                                                               "background", "count"}
     assert summary["overall"]["kept"] == 1.0 and summary["overall"]["edit_score"] == 0.0
     assert summary["overall"]["recon_psnr"] > 30
-    assert (tmp_path / "0006_edited.png").is_file() and json.loads((tmp_path / "results.json").read_text())["results"]
+    assert (tmp_path / "0006_edited.png").is_file()
+    written = json.loads((tmp_path / "results.json").read_text(), parse_constant=lambda name: pytest.fail(name))
+    exact = [i for i, r in enumerate(result["results"]) if r["recon_psnr"] == float("inf")]
+    assert exact and all(written["results"][i]["recon_psnr"] == EXACT_PSNR for i in exact)  # standard JSON
 
 
 def test_lmms_adapter_answers_about_video_paths(tmp_path, make_fake_pipeline):

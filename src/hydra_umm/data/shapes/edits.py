@@ -162,6 +162,7 @@ def sample_edit(rng: np.random.Generator, kind: Optional[str] = None,
 
 
 SPLITS = ("train", "val", "test")
+EXACT_PSNR = 100.0  # the Recon-PSNR an exact copy (infinite PSNR) counts as in means and files
 
 
 def sample_edits(n: int, seed: int = 0, split: str = "train") -> list[Edit]:
@@ -290,7 +291,7 @@ def summarize_edits(results: Sequence[Mapping]) -> dict:
     """Per kind and overall: the fraction correct (``edit_score``), followed and kept, and the mean
     Recon-PSNR (infinite values, an untouched region copied exactly, count as 100 dB)."""
     def summary(rows: Sequence[Mapping]) -> dict:
-        psnr = [min(r["recon_psnr"], 100.0) for r in rows]
+        psnr = [min(r["recon_psnr"], EXACT_PSNR) for r in rows]
         return {"edit_score": float(np.mean([r["correct"] for r in rows])),
                 "followed": float(np.mean([r["followed"] for r in rows])),
                 "kept": float(np.mean([r["kept"] for r in rows])),
@@ -302,5 +303,5 @@ def summarize_edits(results: Sequence[Mapping]) -> dict:
     return {"overall": summary(results), **{k: summary([r for r in results if r["kind"] == k]) for k in kinds}}
 
 
-__all__ = ["EDIT_KINDS", "Edit", "edit_records", "recon_psnr", "sample_edit", "sample_edits", "score_edit",
-           "summarize_edits", "unedited_region"]
+__all__ = ["EDIT_KINDS", "EXACT_PSNR", "Edit", "edit_records", "recon_psnr", "sample_edit", "sample_edits",
+           "score_edit", "summarize_edits", "unedited_region"]

@@ -11,7 +11,7 @@ from typing import Any, Optional
 from PIL import Image
 from tqdm import tqdm
 
-from hydra_umm.data.shapes.edits import sample_edits, score_edit, summarize_edits
+from hydra_umm.data.shapes.edits import EXACT_PSNR, sample_edits, score_edit, summarize_edits
 from hydra_umm.data.shapes.render import render
 from hydra_umm.eval.benchmarks.generation import EditSettings, edit_images
 
@@ -46,6 +46,7 @@ def evaluate_shapes_edit(pipeline: Any, n: int = 70, seed: int = 0, split: str =
                 for name, image in zip(VIEWS, (source, output, render(edit.target, size))):
                     image.save(folder / f"{i:04d}_{name}.png")
     out = {"summary": summarize_edits(results), "results": results}
-    if out_dir is not None:
-        (Path(out_dir) / "results.json").write_text(json.dumps(out, indent=2))
+    if out_dir is not None:  # standard JSON: an exact copy's infinite Recon-PSNR written as EXACT_PSNR
+        written = [{**r, "recon_psnr": min(r["recon_psnr"], EXACT_PSNR)} for r in results]
+        (Path(out_dir) / "results.json").write_text(json.dumps({**out, "results": written}, indent=2, allow_nan=False))
     return out
