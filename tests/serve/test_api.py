@@ -10,7 +10,7 @@ import threading
 import httpx
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, PngImagePlugin
 
 from hydra_umm.inference import HydraPipeline
 from hydra_umm.serve import create_app
@@ -66,6 +66,9 @@ def test_chat_completion_answers_like_the_pipeline(client, pipe, image):
                for s in (1, 1)]
     assert sampled[0]["choices"][0]["message"] == sampled[1]["choices"][0]["message"]
     assert sampled[0]["choices"][0]["message"]["content"] == pipe.answer([image], [QUESTION], 6, 1.0, seed=1)[0]
+    # a temperature just above 0 samples as greedy decoding does (its logits / t overflowed to a 500)
+    cold = client.post("/v1/chat/completions", json=chat_body(image, max_tokens=6, temperature=1e-300))
+    assert cold.status_code == 200 and cold.json()["choices"][0]["message"]["content"] == expected
 
 
 def test_chat_completion_streams_openai_chunks(client, pipe, image):
@@ -90,6 +93,15 @@ def huge_url() -> str:
     """A few kilobytes of PNG that would decode to 20 megapixels."""
     buffer = io.BytesIO()
     Image.new("1", (5000, 4000)).save(buffer, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+def text_bomb_url() -> str:
+    """A small PNG whose compressed text chunk would inflate to megabytes (Pillow refuses it)."""
+    info = PngImagePlugin.PngInfo()
+    info.add_text("comment", "a" * 4_000_000, zip=True)
+    buffer = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(buffer, format="PNG", pnginfo=info)
     return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
 
 
@@ -120,6 +132,9 @@ BAD = {
     "unknown model (chat)": (CHAT, lambda im: {**chat_body(im), "model": "gpt-4o"}, 404, "'gpt-4o' does not exist"),
     "undecodable image": (CHAT, lambda im: with_url(im, garbage_url()), 400, "does not decode"),
     "not base64": (CHAT, lambda im: with_url(im, "data:image/png;base64,@@@@"), 400, "does not decode"),
+    "text chunk bomb": (CHAT, lambda im: with_url(im, text_bomb_url()), 400, "does not decode"),
+    "no such route": ("/v1/embeddings", {"input": "a"}, 404, "no route POST /v1/embeddings"),
+    "wrong method": ("/v1/models", {}, 404, "its routes: GET /v1/models"),
     "remote image URL": (CHAT, lambda im: with_url(im, "https://example.com/a.png"), 400, "data URL"),
     "image over the size limit": (CHAT, lambda im: with_url(im, too_big_url()), 413, "over this server's limit"),
     "image over the pixel limit": (CHAT, lambda im: with_url(im, huge_url()), 413, "pixels"),
@@ -146,6 +161,7 @@ def test_bad_input_gets_its_4xx_and_the_server_keeps_serving(client, image, case
     assert message in error["message"] and error["type"] == "invalid_request_error"
     ok = client.post(GEN, json={"prompt": "a red square", "steps": 1})
     assert ok.status_code == 200 and len(ok.json()["data"]) == 1
+    assert client.get("/").status_code == 200  # the page, outside /v1, is still served
 
 
 class GatedPipeline(HydraPipeline):

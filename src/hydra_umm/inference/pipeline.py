@@ -9,7 +9,7 @@ with HYDRA-X (``umm.xtok``) also text-to-video, video understanding and instruct
   source clean at t = 1, and three conditions (instruction + source, source alone, neither) give
   separate instruction and image guidance.
 - ``answer``: prefill with the image block (an image or a clip's latent frames) bidirectional, then
-  token-by-token decoding with the KV cache; greedy at temperature 0, sampling otherwise.
+  token-by-token decoding with the KV cache; greedy at temperature 0 (below GREEDY_BELOW), sampling otherwise.
 - ``reconstruct``: HYDRA-TOK encode (GSB mean) and decode.
 
 Every method takes a seed and is reproducible; ``use_cache=False`` recomputes the full sequence
@@ -38,6 +38,7 @@ from hydra_umm.models.llm import IGNORE, Image, Segment, Text
 
 ImageInput = Union[PILImage.Image, Tensor]  # PIL image, or a (3, H, W) tensor in [-1, 1]
 VideoInput = Union[Sequence[PILImage.Image], Tensor]  # PIL frames, or a (3, 1 + T, H, W) tensor in [-1, 1]
+GREEDY_BELOW = 1e-5  # temperatures below this decode greedily (logits / t would overflow, or t round to 0)
 
 
 class TokenizerPipeline:
@@ -363,7 +364,7 @@ class HydraPipeline(TokenizerPipeline):
 
         done = torch.zeros(B, dtype=torch.bool, device=self.device)
         for _ in range(max_new_tokens):
-            if temperature == 0:
+            if temperature < GREEDY_BELOW:
                 token = logits.argmax(dim=-1)
             else:
                 probs = torch.softmax(logits.float() / temperature, dim=-1)

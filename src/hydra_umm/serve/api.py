@@ -11,8 +11,8 @@ Defaults where OpenAI's make no sense for this model: 32 new tokens when the req
 limit, seed 0 (so a repeated request repeats its answer); temperature defaults to OpenAI's 1.0.
 A route exists only when the model can do its task (:mod:`hydra_umm.serve.capabilities`). Errors
 come back in OpenAI's shape ``{"error": {"message", "type", "param", "code"}}``: malformed JSON,
-an invalid field or an unsupported option 400 (naming it), an unknown model 404, an image over the
-size limit 413, a full model queue 503. Every model call goes through the server's one
+an invalid field or an unsupported option 400 (naming it), an unknown model or route 404, an image
+over the size limit 413, a full model queue 503. Every model call goes through the server's one
 :class:`~hydra_umm.serve.queue.ModelQueue`.
 """
 
@@ -133,7 +133,7 @@ def decode_data_url(url: str, max_bytes: int) -> Image.Image:
             raise APIError(413, f"the image is {image.width}x{image.height}, over this server's limit of "
                            f"{MAX_PIXELS} pixels", param="image_url", code="image_too_large")
         image.load()
-    except (binascii.Error, UnidentifiedImageError, OSError, Image.DecompressionBombError) as e:
+    except (binascii.Error, UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as e:
         raise APIError(400, f"the image does not decode: {e}", param="image_url", code="invalid_image") from None
     return image.convert("RGB")
 
@@ -271,5 +271,11 @@ def add_api(app: FastAPI, pipe: TokenizerPipeline, queue: ModelQueue, model_name
             images = await run(lambda: pipe.generate([body.prompt] * body.n, steps=body.steps,
                                                      cfg_scale=body.cfg_scale, sampler=body.sampler, seed=body.seed))
             return {"created": int(time.time()), "data": [{"b64_json": png_base64(im)} for im in images]}
+
+    routes = [f"{method} {route.path}" for route in router.routes for method in sorted(route.methods)]
+
+    @router.api_route("/{path:path}", methods=["GET", "POST", "PUT", "PATCH", "DELETE"], include_in_schema=False)
+    async def unknown(request: Request, path: str) -> None:  # last: else the page (mounted at /) answers
+        raise APIError(404, f"no route {request.method} /v1/{path} on this server; its routes: {', '.join(routes)}")
 
     app.include_router(router)
