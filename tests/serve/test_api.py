@@ -66,6 +66,11 @@ def test_chat_completion_answers_like_the_pipeline(client, pipe, image):
                for s in (1, 1)]
     assert sampled[0]["choices"][0]["message"] == sampled[1]["choices"][0]["message"]
     assert sampled[0]["choices"][0]["message"]["content"] == pipe.answer([image], [QUESTION], 6, 1.0, seed=1)[0]
+    long = chat_body(image, max_tokens=2, temperature=0)  # usage counts the question as cut to max_text_len
+    long["messages"][0]["content"][0]["text"] = "how many red squares are there " * 200
+    usage = client.post("/v1/chat/completions", json=long).json()["usage"]
+    model = pipe.model
+    assert usage["prompt_tokens"] == model.num_image_tokens + 2 + model.cfg.umm.max_text_len  # <vs> image <ve> text
     # a temperature just above 0 samples as greedy decoding does (its logits / t overflowed to a 500)
     cold = client.post("/v1/chat/completions", json=chat_body(image, max_tokens=6, temperature=1e-300))
     assert cold.status_code == 200 and cold.json()["choices"][0]["message"]["content"] == expected

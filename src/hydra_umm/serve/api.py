@@ -242,7 +242,8 @@ def add_api(app: FastAPI, pipe: TokenizerPipeline, queue: ModelQueue, model_name
                 return StreamingResponse(stream_chunks(head, tokens, max_new), media_type="text/event-stream")
             (ids,) = await run(lambda: pipe.answer_ids([image], [prompt], max_new, body.temperature, body.seed))
             finish = "length" if len(ids) >= max_new else "stop"
-            prompt_tokens = len(tokenizer(prompt, add_special_tokens=False).input_ids) + pipe.model.num_image_tokens
+            model = pipe.model  # the positions the answer was read from: the (cut) question and the image block
+            prompt_tokens = model.layout([model.understanding_segments(prompt)]).input_ids.shape[1]
             return {
                 **head, "object": "chat.completion",
                 "choices": [{"index": 0, "message": {"role": "assistant", "content": tokenizer.decode(
