@@ -67,6 +67,19 @@ def test_loss_ntp_equals_the_lm_loss_on_target_tokens_only(model):
     assert torch.allclose(ours, reference, atol=1e-6)
     n_targets = int((batch.layout.labels != IGNORE).sum())
     assert n_targets == len(model.text_tokenizer("square", add_special_tokens=False).input_ids) + 1
+    # a text sample without a prompt: its first token is predicted from nothing, beside longer rows too
+    # (left padding put a pad token before it, which then "predicted" it)
+    text = {"kind": "text", "image": None, "prompt": "", "target": "a red square"}
+    longer = {"kind": "text", "image": None, "prompt": "a square on black with a red square", "target": "red"}
+    with torch.no_grad():
+        alone = model(model.collate([text]))["loss_ntp"]
+        pair = model.collate([text, longer])
+        beside = model.next_token_loss(model.sequence_hidden_states(pair.layout, None)[:1], _first_row(pair.layout))
+    assert torch.allclose(alone, beside, atol=1e-6)
+
+
+def _first_row(lay):
+    return type(lay)(**{k: v[:1] for k, v in vars(lay).items()})
 
 
 def test_loss_flow_is_the_velocity_mse_of_the_generation_blocks_only(model):

@@ -428,10 +428,11 @@ class HydraModel(nn.Module):
         return self.projector[0].weight.device
 
     def next_token_loss(self, hidden: Tensor, lay: Layout) -> Tensor:
-        """Cross-entropy of the language head on the layout's text targets; without any, its output
-        weighted 0 (the head still takes part in the graph)."""
+        """Cross-entropy of the language head on the layout's text targets, each predicted from the
+        position before it when that is no padding (a row's first token has nothing to be predicted
+        from, padded or not); without any, the head's output weighted 0 (it still takes part in the graph)."""
         targets = lay.labels[:, 1:].to(hidden.device)
-        has_target = targets != IGNORE
+        has_target = (targets != IGNORE) & lay.valid[:, :-1].to(hidden.device)
         if not has_target.any():
             return 0.0 * self.llm.lm_head(hidden[:, :1]).float().sum()
         return F.cross_entropy(self.llm.lm_head(hidden[:, :-1][has_target]).float(), targets[has_target])
