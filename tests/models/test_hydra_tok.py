@@ -97,6 +97,8 @@ def test_every_output_has_its_shape(model, cfg, images):
         assert set(model.teacher_features(images)) == set(cfg.distill_layers)
     decoded = model.decode(mu, steps=2, generator=torch.Generator().manual_seed(0))
     assert decoded.shape == images.shape and decoded.min() >= -1 and decoded.max() <= 1
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):  # as validation runs on CUDA
+        assert model.decode(mu.bfloat16(), steps=2).dtype == torch.float32  # the ODE integrates in fp32
 
 
 def test_pixel_patches_round_trip_and_a_too_narrow_decoder_is_flagged():

@@ -259,8 +259,8 @@ class HydraTok(nn.Module):
             raise ValueError(f"expected latents of shape (B, {n}, {c}), got {tuple(z.shape)}")
         if self.cfg.decoder == "vit":
             return self.decoder(z).clamp(-1, 1)
-        size = self.cfg.image_size
-        x0 = torch.randn((z.shape[0], 3, size, size), generator=generator, device=z.device, dtype=z.dtype)
+        size, z = self.cfg.image_size, z.float()  # the ODE state in fp32, also under bf16 autocast
+        x0 = torch.randn((z.shape[0], 3, size, size), generator=generator, device=z.device)
         images = flow.sample(
             lambda x, t: self.decoder(x, t, z),
             x0,
