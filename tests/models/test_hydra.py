@@ -82,7 +82,7 @@ def _first_row(lay):
     return type(lay)(**{k: v[:1] for k, v in vars(lay).items()})
 
 
-def test_loss_flow_is_the_velocity_mse_of_the_generation_blocks_only(model):
+def test_loss_flow_is_the_velocity_mse_of_the_generation_blocks_only(model, monkeypatch):
     """At initialisation the head predicts 0, so loss_flow = mean (z - x0)^2 over the gen block,
     with t and x0 drawn in that order from the given generator."""
     batch = model.collate([und("red"), gen("green")], caption_dropout=0.0)
@@ -94,6 +94,12 @@ def test_loss_flow_is_the_velocity_mse_of_the_generation_blocks_only(model):
     flow.sample_t(2, fc.t_sampling, fc.t_mean, fc.t_std, generator=g)
     x0 = torch.randn(z.shape, generator=g)
     assert torch.allclose(out["loss_flow"], (z[1] - x0[1]).pow(2).mean(), rtol=1e-5)
+    # the sign: a head that always says 0.5 is scored against z - x0 (not x0 - z)
+    half = lambda hidden, t: torch.full((*hidden.shape[:-1], z.shape[-1]), 0.5)  # noqa: E731
+    monkeypatch.setattr(model.vision_head, "forward", half)
+    with torch.no_grad():
+        out = model(batch, generator=torch.Generator().manual_seed(3))
+    assert torch.allclose(out["loss_flow"], (0.5 - (z[1] - x0[1])).pow(2).mean(), rtol=1e-5)
 
 
 def test_understanding_is_clean_and_the_timestep_reaches_the_visual_tokens(model):
