@@ -176,11 +176,13 @@ def test_paper_llm_matches_the_flop_counter_on_meta_tensors():
     ("NVIDIA H100 PCIe", ("H100 PCIe", 756.5)),
     ("NVIDIA H100 NVL", ("H100 NVL", 835.5)),
     ("NVIDIA H200", ("H200", 989.4)),
+    ("NVIDIA H200 NVL", ("H200 NVL", 835.5)),
     ("NVIDIA GH200 480GB", ("GH200", 989.4)),
     ("NVIDIA A100-SXM4-80GB", ("A100", 312.0)),
     ("NVIDIA A10", ("A10", 125.0)),
     ("NVIDIA L4", ("L4", 121.0)),
     ("NVIDIA L40S", ("L40S", 362.05)),
+    ("NVIDIA L40", ("L40", 181.05)),
     ("Tesla T4", None),
 ])
 def test_peak_table(name, expected):

@@ -36,12 +36,14 @@ FREQ_DIM = 256  # sinusoidal features of TimestepEmbedder
 # the markers that must all occur in torch.cuda.get_device_name(), checked in this order.
 PEAK_BF16_TFLOPS: tuple[tuple[tuple[str, ...], str, float], ...] = (
     (("GH200",), "GH200", 989.4),
+    (("H200", "NVL"), "H200 NVL", 835.5),
     (("H200",), "H200", 989.4),
     (("H100", "PCIe"), "H100 PCIe", 756.5),
     (("H100", "NVL"), "H100 NVL", 835.5),
     (("H100",), "H100 SXM", 989.4),
     (("A100",), "A100", 312.0),
     (("L40S",), "L40S", 362.05),
+    (("L40",), "L40", 181.05),
     (("L4",), "L4", 121.0),
     (("A10",), "A10", 125.0),
 )
