@@ -38,9 +38,13 @@ def test_demo_runs_every_stage_and_reuses_them(micro_demo, monkeypatch):
     run_demo(tmp_path.name, MICRO, say=said.append)
     assert not [line for line in said if line.startswith(("[1/4]", "[2/4]"))]  # only evaluation again
     longer = dataclasses.replace(MICRO, umm_steps={**MICRO.umm_steps, "II": 2})  # another plan, same folder
-    with pytest.raises(ValueError, match=r"hydra-II holds a stage trained with other settings \(train.steps: 1 there, "
+    with pytest.raises(ValueError, match=r"hydra-II holds a run trained with other settings \(train.steps: 1 there, "
                                          r"2 now\)"):
         run_demo(tmp_path, longer, say=said.append)
+    with pytest.raises(ValueError, match=r"data was made by another plan \(scenes: 80 there, 96 now\)"):
+        run_demo(tmp_path, dataclasses.replace(MICRO, scenes=96), say=said.append)
+    with pytest.raises(ValueError, match=r"teacher was made by another plan \(steps: 2 there, 3 now\)"):
+        run_demo(tmp_path, dataclasses.replace(MICRO, teacher_steps=3), say=said.append)
 
 
 def test_the_report_draws_each_loss_of_the_demos_own_stages(micro_demo):

@@ -26,9 +26,9 @@ from pathlib import Path
 from typing import Sequence
 
 from hydra_umm.demo import (
-    DemoPlan, evaluate_all, is_done, make_data, record_stage, report_prompts, resolve_plan, stage_config,
-    train_all,
+    DemoPlan, evaluate_all, make_data, report_prompts, resolve_plan, stage_config, train_all,
 )
+from hydra_umm.train.reuse import is_done, record_stage
 from hydra_umm.eval.comparison import ComparedModel, metric_rows, write_comparison
 from hydra_umm.eval.report import Curve, Curves
 

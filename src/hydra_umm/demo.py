@@ -18,11 +18,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
-from hydra_umm.config import Config, load_config, to_dict
-
-MODEL_WEIGHTS = "model.safetensors"
+from hydra_umm.config import Config, load_config
+from hydra_umm.train.reuse import is_done, record_stage
 CHANCE = "chance (overall on other prompts)"  # the generation table's chance level
 
 
@@ -80,50 +77,6 @@ PLANS = {
 }
 
 
-STAGE_FILE = "demo_stage.yaml"  # the config a finished stage was asked for (record_stage)
-# Config keys that name places (an absolute and a relative output folder differ in them), not settings.
-PLACE_KEYS = frozenset({"data", "init", "train.out_dir", "umm.tokenizer_path", "tokenizer.teacher_weights",
-                        "harmon.vae_path"})
-
-
-def _flat(tree: dict, prefix: str = "") -> dict[str, object]:
-    """{"a": {"b": 1}} -> {"a.b": 1}."""
-    out: dict[str, object] = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            out.update(_flat(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
-
-
-def is_done(cfg: Config, weights: str = MODEL_WEIGHTS) -> bool:
-    """Whether the stage run ``cfg`` describes has finished, i.e. saved ``model/<weights>`` (its model
-    is then reused). A finished run that was asked for other settings (another plan; see
-    :func:`record_stage`) is refused with the settings named, rather than reused or overwritten."""
-    run = Path(cfg.train.out_dir)
-    if not (run / "model" / weights).is_file():
-        return False
-    if not (run / STAGE_FILE).is_file():  # finished before stages were recorded: nothing to compare
-        return True
-    saved, wanted = _flat(yaml.safe_load((run / STAGE_FILE).read_text())), _flat(to_dict(cfg))
-    changed = [k for k in sorted(saved.keys() & wanted.keys()) if k not in PLACE_KEYS and saved[k] != wanted[k]]
-    if changed:
-        named = "; ".join(f"{k}: {saved[k]!r} there, {wanted[k]!r} now" for k in changed[:4])
-        more = "; ..." if len(changed) > 4 else ""
-        raise ValueError(f"{run} holds a stage trained with other settings ({named}{more}): remove that folder "
-                         "to train it again, or give the demo another output folder")
-    return True
-
-
-def record_stage(cfg: Config) -> None:
-    """Note in a stage's folder, before it trains, the config the demo asks it for (the run's own
-    config.yaml holds what its recipe makes of it), for :func:`is_done` to compare."""
-    run = Path(cfg.train.out_dir)
-    run.mkdir(parents=True, exist_ok=True)
-    (run / STAGE_FILE).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
-
-
 def stage_config(plan: DemoPlan, data: str, out_dir: Path, stage: str, steps: int, *extra: str,
                   preset: str = "tiny") -> Config:
     """The config of one stage's run: ``preset`` with the plan's overrides, sizes and run folder."""
@@ -144,22 +97,38 @@ def make_data(out: Path, plan: DemoPlan, say=print) -> str:
     from hydra_umm.data.shapes import make_dataset
 
     data_dir = out / "data"
-    if not (data_dir / "summary.json").is_file():
+    size = load_config("tiny", list(plan.overrides)).tokenizer.image_size
+    summary = data_dir / "summary.json"
+    if summary.is_file():
+        made = json.loads(summary.read_text())
+        _check_made(data_dir, {"scenes": sum(made["scenes"].values()), "size": made["size"]},
+                    {"scenes": plan.scenes, "size": size})
+    else:
         say(f"[1/4] rendering {plan.scenes} shapes-world scenes into {data_dir}")
-        size = load_config("tiny", list(plan.overrides)).tokenizer.image_size
         make_dataset(data_dir, n=plan.scenes, size=size, seed=0, prompts_per_tag=plan.eval_prompts)
     return _training_data(out)
+
+
+def _check_made(folder: Path, made: dict, wanted: dict) -> None:
+    """Refuse to reuse what ``folder`` holds when it was made otherwise than the plan asks."""
+    changed = [f"{k}: {made[k]} there, {wanted[k]} now" for k in wanted if made[k] != wanted[k]]
+    if changed:
+        raise ValueError(f"{folder} was made by another plan ({'; '.join(changed)}): remove it to make it "
+                         "again, or choose another output folder")
 
 
 def train_all(out: Path, plan: DemoPlan, say=print) -> Path:
     """Steps 1 and 2; returns the final HYDRA model directory (``<out>/model``)."""
     from hydra_umm.train.recipes import train_tokenizer
-    from hydra_umm.train.teacher import WEIGHTS_FILE, train_teacher
+    from hydra_umm.train.teacher import METRICS_FILE, WEIGHTS_FILE, train_teacher
 
     data = make_data(out, plan, say)
 
     teacher = out / "teacher" / WEIGHTS_FILE
-    if not teacher.is_file():
+    if teacher.is_file():
+        made = json.loads((teacher.parent / METRICS_FILE).read_text())
+        _check_made(teacher.parent, made, {"steps": plan.teacher_steps, "batch_size": plan.batch_size * 2})
+    else:
         say(f"[2/4] training the semantic teacher ViT ({plan.teacher_steps} steps)")
         train_teacher(load_config("tiny", list(plan.overrides)), teacher.parent, steps=plan.teacher_steps,
                       n_scenes=plan.scenes, batch_size=plan.batch_size * 2, lr=1e-3)

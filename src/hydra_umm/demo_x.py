@@ -22,7 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from hydra_umm.config import Config, load_config
-from hydra_umm.demo import DemoPlan, is_done, record_stage
+from hydra_umm.demo import DemoPlan
+from hydra_umm.train.reuse import is_done, record_stage
 
 PRESET = "hydra-x-tiny"
 

@@ -98,3 +98,11 @@ def test_ablate_edit_trains_and_scores_both_layouts(tmp_path, capsys):
     assert (sti.cfg.umm.edit_layout, indep.cfg.umm.edit_layout) == ("sti", "indep")
     page = (tmp_path / "report" / "index.html").read_text()
     assert "move" in page and page.count("<td>STI</td>") == 4
+    # the same folder with another budget: its runs are not passed off as that budget's
+    for changed, where in ((["--tok-steps", "3"], "xtok/stage-1"), (["--steps", "3"], "runs/sti")):
+        args = {"--steps": "2", "--tok-steps": "2", **dict(zip(changed[::2], changed[1::2]))}
+        with pytest.raises(SystemExit):
+            main(["ablate", "edit", *(x for kv in args.items() for x in kv), "--out", str(tmp_path), "--edits", "14",
+                  "--eval", "7", "--clips", "8", "--frames", "5", "--images", "16", "tokenizer.image_size=32",
+                  "llm.vocab_size=512", "train.batch_size=4"])
+        assert f"{where} holds a run trained with other settings" in capsys.readouterr().err

@@ -5,6 +5,7 @@
 - ``checkpoint``   atomic checkpoints, keep-last-N, ``latest(run_dir)``, RNG state
 - ``distributed``  torchrun env, DDP, FSDP2 ``fully_shard``, activation checkpointing, full state dicts
 - ``engine``       the model-agnostic Trainer (NaN guard, validation, TensorBoard, resume)
+- ``reuse``        a finished run reused only for the settings it was asked for
 
 Only the configuration is imported here, so that ``hydra_umm.config`` can hang TrainConfig in
 without importing torch.

@@ -35,6 +35,7 @@ from hydra_umm.data.transforms import ImageTransform
 from hydra_umm.train.distributed import (DistEnv, checkpoint_activations, data_parallel, full_model_state,
                                          init_distributed, shard)
 from hydra_umm.train.engine import Trainer, to_device
+from hydra_umm.train.reuse import is_done, record_stage
 from hydra_umm.train.schedule import build_optimizer
 
 log = logging.getLogger(__name__)
@@ -577,15 +578,19 @@ def train_xtok_stages(cfg: Config, steps: Mapping[str, int]) -> Path:
     """HYDRA-XTok's stages in turn, e.g. ``{"1": 600, "3": 150}`` (stage 3 records the latent
     statistics HYDRA-X's flow needs and fits Sem-ViT to them), each run in
     ``<cfg.train.out_dir>/stage-<s>`` and initialised from the one before (the first from
-    ``cfg.init``, if set); a finished run is reused. Returns the last model directory."""
+    ``cfg.init``, if set); a finished run is reused if it was asked for the same settings
+    (:mod:`hydra_umm.train.reuse`). Returns the last model directory."""
     previous = cfg.init
     for stage, count in steps.items():
         run = copy.deepcopy(cfg)
         run.stage, run.init, run.train.steps = stage, previous, count
         run.train.warmup = min(run.train.warmup, max(1, count // 10))
         run.train.out_dir = str(Path(cfg.train.out_dir) / f"stage-{stage}")
-        model = Path(run.train.out_dir) / "model"
-        previous = str(model if (model / "model.safetensors").is_file() else train_xtok(run))
+        if is_done(run):
+            previous = str(Path(run.train.out_dir) / "model")
+        else:
+            record_stage(run)
+            previous = str(train_xtok(run))
     return Path(previous)
 
 
