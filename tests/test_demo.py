@@ -73,3 +73,12 @@ def test_the_ablation_trains_each_task_alone_and_reports_it_beside_the_joint_run
     config = yaml.safe_load((tmp_path / "ablation" / "generation-only" / "hydra-II" / "config.yaml").read_text())
     assert config["train"]["ratios"] == [0.0, 0.0, 1.0]  # text-to-image data only
     assert "ablation" in (tmp_path / "report" / "index.html").read_text()
+
+    path = tmp_path / "eval" / "ablation.json"
+    run_demo(tmp_path, MICRO, say=said.append)  # the same joint model: its ablation table stays
+    assert path.is_file()
+    path.write_text(json.dumps({**table, "VQA overall: joint": -1.0}))  # as after the joint model is retrained
+    said.clear()
+    run_demo(tmp_path, MICRO, say=said.append)
+    assert not path.is_file() and any("trained again" in line for line in said)
+    assert "ablation" not in (tmp_path / "report" / "index.html").read_text().lower()

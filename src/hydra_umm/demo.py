@@ -297,6 +297,19 @@ def resolve_plan(out: str | Path, plan: str | DemoPlan) -> tuple[Path, DemoPlan]
     return Path(out) / ("" if plan == "full" else plan), PLANS[plan]
 
 
+def _drop_stale_ablation(out: Path, results: dict, say=print) -> None:
+    """Remove an earlier ablation table whose joint rows are not this joint model's (it was trained
+    again since), so that the report does not show it beside the new tables."""
+    path = out / "eval" / "ablation.json"
+    if path.is_file():
+        table = json.loads(path.read_text())
+        joint = {"generation overall: joint": results["generation"]["overall"],
+                 "VQA overall: joint": results["understanding"]["overall"]}
+        if any(table.get(k) != v for k, v in joint.items()):
+            path.unlink()
+            say(f"removed {path}: its joint model has been trained again (run with --ablation to redo it)")
+
+
 def report_prompts(out: Path, plan: DemoPlan) -> list[dict]:
     """The GenEval-style prompts a report shows samples of: about two per category."""
     from hydra_umm.eval.benchmarks.geneval import read_geneval_metadata
@@ -323,6 +336,8 @@ def run_demo(out: str | Path = "runs/demo", plan: str | DemoPlan = "full", say=p
     _write_tables(out, {"conditioning": results["conditioning"]})
     if ablation:
         results["ablation"] = run_ablation(out, plan, results, say)
+    else:
+        _drop_stale_ablation(out, results, say)
     say("[4/4] writing the report")
     data_dir = out / "data"
     page = report_run(
