@@ -20,6 +20,7 @@ from pathlib import Path
 
 from hydra_umm.config import Config, load_config
 from hydra_umm.train.reuse import is_done, record_stage
+
 CHANCE = "chance (overall on other prompts)"  # the generation table's chance level
 
 

@@ -53,8 +53,9 @@ def split_records(records: list[dict], split: str | None) -> list[dict]:
 
 def read_manifest(path: str | Path) -> list[dict]:
     """Read a JSONL manifest; ``image`` and (in clip manifests) ``video`` become absolute paths
-    (relative ones are resolved against the manifest's folder). Blank lines are skipped. Raises ``ManifestError`` naming the
-    file and line of any malformed record, and ``FileNotFoundError`` if the file is missing."""
+    (relative ones are resolved against the manifest's folder). Blank lines are skipped. Raises
+    ``ManifestError`` naming the file and line of any malformed record, and ``FileNotFoundError`` if
+    the file is missing."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"manifest not found: {path}")
