@@ -484,10 +484,11 @@ def main(argv: list[str] | None = None) -> None:
     elif extra:
         parser.error(f"unrecognized arguments: {' '.join(extra)}")
     from hydra_umm.data.datasets import UnreadableImage
+    from hydra_umm.train.errors import TrainingError
 
     try:
         args.func(args)
-    except (ConfigError, FileNotFoundError, ValueError, UnreadableImage) as e:
+    except (ConfigError, FileNotFoundError, ValueError, UnreadableImage, TrainingError) as e:
         print(f"hydra-umm: error: {e}", file=sys.stderr)
         sys.exit(2)
 

@@ -11,7 +11,8 @@ from hydra_umm.data.datasets import IMAGE_TASKS, RecordDataset, shapes_records
 from hydra_umm.data.mixture import BatchStream, MixtureDataset, TaskMixture, mixture_stream
 from hydra_umm.train.checkpoint import checkpoints
 from hydra_umm.train.config import LearningRates, TrainConfig
-from hydra_umm.train.engine import DataExhaustedError, NonFiniteLossError, Trainer
+from hydra_umm.train.engine import Trainer
+from hydra_umm.train.errors import DataExhaustedError, NonFiniteLossError
 from hydra_umm.train.schedule import WarmupCosine, build_optimizer, param_groups
 
 

@@ -131,6 +131,19 @@ def test_umm_stage1_leaves_llm_frozen_and_stage2_trains_it(runs):
     assert not torch.equal(s2[llm_key], s1[llm_key])
 
 
+def test_a_run_that_stops_on_its_own_is_one_error_line(monkeypatch, capsys):
+    from hydra_umm.train import recipes
+    from hydra_umm.train.errors import NonFiniteLossError
+
+    def diverging(cfg):
+        raise NonFiniteLossError("stopping at step 5: 3 non-finite losses in a row")
+
+    monkeypatch.setitem(recipes.RECIPES, "tokenizer", diverging)
+    with pytest.raises(SystemExit):
+        main(["train", "tokenizer", "data=shapes"])
+    assert capsys.readouterr().err.strip() == "hydra-umm: error: stopping at step 5: 3 non-finite losses in a row"
+
+
 def test_bad_stage_and_missing_data_are_clear():
     from hydra_umm.train.recipes import train_tokenizer, train_umm
 

@@ -6,6 +6,7 @@
 - ``distributed``  torchrun env, DDP, FSDP2 ``fully_shard``, activation checkpointing, full state dicts
 - ``engine``       the model-agnostic Trainer (NaN guard, validation, TensorBoard, resume)
 - ``reuse``        a finished run reused only for the settings it was asked for
+- ``errors``       how a run stops on its own (data ran out, non-finite losses)
 
 Only the configuration is imported here, so that ``hydra_umm.config`` can hang TrainConfig in
 without importing torch.

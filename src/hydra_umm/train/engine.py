@@ -40,16 +40,9 @@ from hydra_umm.train.checkpoint import (checkpoint_dir, checkpoints, latest, loa
                                         save_checkpoint, set_aside_later, set_rng_state)
 from hydra_umm.train.config import TrainConfig
 from hydra_umm.train.distributed import DistEnv, all_mean, full_state, load_full_state
+from hydra_umm.train.errors import DataExhaustedError, NonFiniteLossError
 
 log = logging.getLogger(__name__)
-
-
-class DataExhaustedError(RuntimeError):
-    """The batch stream ended before the run's steps did."""
-
-
-class NonFiniteLossError(RuntimeError):
-    """Too many non-finite losses in a row."""
 
 
 class DataStream(Protocol):
