@@ -138,9 +138,12 @@ def _answer(args: argparse.Namespace) -> None:
         if args.frames is not None:
             check_frame_count(args.frames)
             frames = sample_frames(frames, args.frames)
-        elif (len(frames) - 1) % 4:
-            raise ValueError(f"{args.video} has {len(frames)} frames; HYDRA-X reads 1 + 4k: pass --frames 17 (or 5, "
-                             "9, ...) to sample that many evenly")
+        else:
+            try:
+                check_frame_count(len(frames))
+            except ValueError as e:
+                raise ValueError(f"{args.video} has {len(frames)} frames: {e}; pass --frames 17 (or 5, 9, ...) "
+                                 "to sample that many evenly") from None
         visual = {"videos": [frames]}
     pipe = _load_pipeline(args)
     (text,) = pipe.answer(questions=[args.question], max_new_tokens=args.max_new_tokens,

@@ -28,9 +28,9 @@ from typing import Sequence
 from hydra_umm.demo import (
     DemoPlan, evaluate_all, make_data, report_prompts, resolve_plan, stage_config, train_all,
 )
-from hydra_umm.train.reuse import is_done, record_stage
 from hydra_umm.eval.comparison import ComparedModel, metric_rows, write_comparison
 from hydra_umm.eval.report import Curve, Curves
+from hydra_umm.train.reuse import is_done, record_stage
 
 MODELS = {"hydra": "HYDRA", "harmon": "Harmon"}  # --models name -> name shown
 SHOWN_IMAGES = 8  # reconstructions and questions shown in the report

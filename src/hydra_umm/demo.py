@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from hydra_umm.config import Config, load_config
-from hydra_umm.train.reuse import is_done, record_stage
+from hydra_umm.train.reuse import is_done, record_stage, refuse_changes
 
 CHANCE = "chance (overall on other prompts)"  # the generation table's chance level
 
@@ -102,20 +102,13 @@ def make_data(out: Path, plan: DemoPlan, say=print) -> str:
     summary = data_dir / "summary.json"
     if summary.is_file():
         made = json.loads(summary.read_text())
-        _check_made(data_dir, {"scenes": sum(made["scenes"].values()), "size": made["size"]},
-                    {"scenes": plan.scenes, "size": size})
+        refuse_changes(data_dir, {"scenes": sum(made["scenes"].values()), "size": made["size"]},
+                       {"scenes": plan.scenes, "size": size}, "was made by another plan")
     else:
         say(f"[1/4] rendering {plan.scenes} shapes-world scenes into {data_dir}")
         make_dataset(data_dir, n=plan.scenes, size=size, seed=0, prompts_per_tag=plan.eval_prompts)
     return _training_data(out)
 
-
-def _check_made(folder: Path, made: dict, wanted: dict) -> None:
-    """Refuse to reuse what ``folder`` holds when it was made otherwise than the plan asks."""
-    changed = [f"{k}: {made[k]} there, {wanted[k]} now" for k in wanted if made[k] != wanted[k]]
-    if changed:
-        raise ValueError(f"{folder} was made by another plan ({'; '.join(changed)}): remove it to make it "
-                         "again, or choose another output folder")
 
 
 def train_all(out: Path, plan: DemoPlan, say=print) -> Path:
@@ -128,7 +121,8 @@ def train_all(out: Path, plan: DemoPlan, say=print) -> Path:
     teacher = out / "teacher" / WEIGHTS_FILE
     if teacher.is_file():
         made = json.loads((teacher.parent / METRICS_FILE).read_text())
-        _check_made(teacher.parent, made, {"steps": plan.teacher_steps, "batch_size": plan.batch_size * 2})
+        refuse_changes(teacher.parent, made, {"steps": plan.teacher_steps, "batch_size": plan.batch_size * 2},
+                       "was made by another plan")
     else:
         say(f"[2/4] training the semantic teacher ViT ({plan.teacher_steps} steps)")
         train_teacher(load_config("tiny", list(plan.overrides)), teacher.parent, steps=plan.teacher_steps,

@@ -38,14 +38,21 @@ def is_done(cfg: Config, weights: str = MODEL_WEIGHTS) -> bool:
         return False
     if not (run / ASKED_FILE).is_file():  # finished before runs were recorded: nothing to compare
         return True
-    saved, wanted = _flat(yaml.safe_load((run / ASKED_FILE).read_text())), _flat(to_dict(cfg))
-    changed = [k for k in sorted(saved.keys() & wanted.keys()) if k not in PLACE_KEYS and saved[k] != wanted[k]]
-    if changed:
-        named = "; ".join(f"{k}: {saved[k]!r} there, {wanted[k]!r} now" for k in changed[:4])
-        more = "; ..." if len(changed) > 4 else ""
-        raise ValueError(f"{run} holds a run trained with other settings ({named}{more}): remove that folder "
-                         "to train it again, or choose another output folder")
+    wanted = {k: v for k, v in sorted(_flat(to_dict(cfg)).items()) if k not in PLACE_KEYS}
+    refuse_changes(run, _flat(yaml.safe_load((run / ASKED_FILE).read_text())), wanted,
+                   "holds a run trained with other settings")
     return True
+
+
+def refuse_changes(folder: Path, made: dict, wanted: dict, what: str) -> None:
+    """Raise a ValueError naming the keys of ``wanted`` that ``made`` (what ``folder`` was made with)
+    holds with another value; keys ``made`` lacks (settings added since) count as the same."""
+    changed = [k for k in wanted if k in made and made[k] != wanted[k]]
+    if changed:
+        named = "; ".join(f"{k}: {made[k]!r} there, {wanted[k]!r} now" for k in changed[:4])
+        more = "; ..." if len(changed) > 4 else ""
+        raise ValueError(f"{folder} {what} ({named}{more}): remove it to make it again, or choose another "
+                         "output folder")
 
 
 def record_stage(cfg: Config) -> None:
