@@ -79,6 +79,11 @@ def image_ratios(ratios: Sequence[float]) -> dict[str, float]:
     return dict(zip(IMAGE_TASKS, ratios))
 
 
+def _gives(task: str, records: Sequence[dict]) -> bool:
+    """Whether records (of images or clips) give items of ``task``: questions only where some record has them."""
+    return task != "instruction" or any(r.get("qa") for r in records)
+
+
 def open_sources(data: str, tasks: Sequence[str], image_size: int, seed: int, split: str = "train",
                  frames: int = 17, anchor_frames: bool = False) -> dict[str, Dataset]:
     """Map-style datasets per task from ``data``, comma-separated specs:
@@ -102,8 +107,8 @@ def open_sources(data: str, tasks: Sequence[str], image_size: int, seed: int, sp
     found: dict[str, list[Dataset]] = {t: [] for t in tasks}
 
     def add_clips(make: Callable[[str], Dataset], records: Sequence[dict]) -> None:
-        for task in tasks:  # clip questions only where some record has them, as for images
-            if task in CLIP_TASKS and (CLIP_TASKS[task] != "instruction" or any(r.get("qa") for r in records)):
+        for task in tasks:
+            if task in CLIP_TASKS and _gives(CLIP_TASKS[task], records):
                 found[task].append(make(CLIP_TASKS[task]))
 
     for spec in (s.strip() for s in data.split(",") if s.strip()):
@@ -139,7 +144,7 @@ def open_sources(data: str, tasks: Sequence[str], image_size: int, seed: int, sp
                              "shapes-clips[:N] or shapes-edits[:N] (webdataset shards: tokenizer training only, "
                              "data=<shard pattern .tar>)")
         for task in tasks:
-            if task in RECORD_TASKS and records and (task != "instruction" or any(r.get("qa") for r in records)):
+            if task in RECORD_TASKS and records and _gives(task, records):
                 found[task].append(RecordDataset(records, task, image_size))
     return {t: ds[0] if len(ds) == 1 else ConcatDataset(ds) for t, ds in found.items() if ds}
 
