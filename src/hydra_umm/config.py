@@ -121,7 +121,9 @@ class UMMConfig:
     head_heads: int = 16
     lambda_flow: float = 1.0
     caption_dropout: float = 0.1
-    source_dropout: float = 0.1  # an edit's source becomes the null latent (0) this often (image guidance)
+    # an edit's source becomes the null latent (0) this often (image guidance), together with its
+    # instruction in min(caption_dropout / 2, this) of edits (both unconditional, as InstructPix2Pix trains)
+    source_dropout: float = 0.1
     cfg_scale: float = 4.0
     image_cfg_scale: float = 1.5  # editing: the guidance scale of the source image (cfg_scale: of the instruction)
     max_text_len: int = 256

@@ -3,6 +3,7 @@ clip and edit samples against hand-built references, the latent frames each bloc
 flow loss on exactly the generated frames, source-target interaction against Indep, and gradients."""
 
 import copy
+from collections import Counter
 
 import pytest
 import torch
@@ -186,6 +187,20 @@ def test_source_dropout_puts_the_null_latent_in_the_source_place(model):
                          generator=torch.Generator().manual_seed(0))
     rate = sum(not b.keep_source for b in many.blocks) / 300
     assert 0.13 < rate < 0.27
+
+
+def test_edits_lose_instruction_source_or_both_as_instructpix2pix_trains(model):
+    """At caption and source dropout 0.2 each: 10 % of edits lose the instruction only, 10 % the source
+    only, 10 % both (independent draws would give 16 %, 16 % and 4 %)."""
+    n = 1000
+    sequences, blocks = model.sample_sequences([edit()] * n, model.generation_block, model.cfg.tokenizer.image_size,
+                                               0.2, torch.Generator().manual_seed(0), video=True, source_dropout=0.2)
+    unconditional = model.generation_prefix("")[0].ids
+    no_text = [seq[0].ids == unconditional for seq in sequences]
+    no_source = [not b.keep_source for b in blocks]
+    cases = Counter(zip(no_text, no_source))
+    for case in [(True, False), (False, True), (True, True)]:
+        assert 70 < cases[case] < 130, cases
 
 
 def test_clip_and_edit_gradients_reach_the_trained_parts_only(model):

@@ -25,7 +25,9 @@ DATA = "data=shapes:40,shapes-clips:8,shapes-edits:14"
 
 def test_stage_ratios_follow_the_paper_order():
     x = load_config("hydra-x-tiny", ["stage=II"])
-    assert stage_ratios(x) == dict(zip(X_RATIO_TASKS, [0, 2, 6, 1, 1, 0, 0, 1]))  # Tab. 8 stage 2 (+ video t2i)
+    assert stage_ratios(x) == dict(zip(X_RATIO_TASKS, [0, 2, 6, 1, 1, 0, 0, 0]))  # Tab. 8 stage 2, as it stands
+    assert load_config("hydra-x-tiny", ["stage=III"]).train.ratios is None
+    assert stage_ratios(load_config("hydra-x-tiny", ["stage=III"]))["video_t2i"] == 1  # ours
     x.train.ratios = [0, 1, 1, 0, 0, 0, 3]  # seven numbers: no video generation
     assert stage_ratios(x)["edit"] == 3 and stage_ratios(x)["video_t2i"] == 0
     x.train.ratios = [1, 2, 3]

@@ -19,7 +19,8 @@ frame pattern, and a generated clip has every latent frame noised (one t per cli
 (source, target) pair: Gen-ViT encodes each image alone, Sem-ViT runs over [z_src; z_t,tgt] with the
 tubelet mask ("sti": s_src sees z_src only, s_tgt both) or over each alone ("indep"), and the flow
 loss is on the target frame. The source is clean (t = 1), or the null latent 0 with probability
-``umm.source_dropout`` (the unconditional side of image guidance).
+``umm.source_dropout`` (the unconditional side of image guidance), in min(caption_dropout / 2,
+source_dropout) of edits together with the instruction (the fully unconditional side).
 
 Sample kinds (dicts with ``kind``, ``image``, ``prompt``, ``target``; an edit also ``source``), as
 laid out by :meth:`collate`:
@@ -303,10 +304,15 @@ class HydraModel(nn.Module):
             if kind == "edit" and (source is None or tuple(source.shape) != image_shape):
                 shape = None if source is None else tuple(source.shape)
                 raise ValueError(f"sample {i}: an edit needs a source image {image_shape}, got {shape}")
-            if kind != "und" and caption_dropout > 0 and torch.rand((), generator=generator).item() < caption_dropout:
+            drops = caption_dropout > 0 or (kind == "edit" and source_dropout > 0)
+            u = torch.rand((), generator=generator).item() if kind != "und" and drops else 1.0
+            if u < caption_dropout:
                 prompt = ""
-            if kind == "edit":  # the source dropout is drawn after the caption's
-                keep = not (source_dropout > 0 and torch.rand((), generator=generator).item() < source_dropout)
+            if kind == "edit":
+                # the same draw places the source's interval half a caption interval on (wrapping round),
+                # so that both conditions go together as InstructPix2Pix trains them: at 0.1 and 0.1, 5 %
+                # of edits lose the instruction only, 5 % the source only and 5 % both
+                keep = (u - caption_dropout / 2) % 1.0 >= source_dropout
                 block = VisualBlock("edit", torch.stack([source, pixels]), True, keep)
             else:
                 block = VisualBlock("video" if is_clip else "image", pixels, kind == "gen")

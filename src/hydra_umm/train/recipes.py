@@ -44,9 +44,10 @@ log = logging.getLogger(__name__)
 STAGE_RATIOS = {"I": [0.0, 1.0, 3.0], "II": [0.0, 2.0, 2.0], "III": [1.0, 2.0, 2.0]}
 # HYDRA-X's ratios in the paper's Tab. 8 order, text : image-caption : image-generation :
 # video-caption : video-instruction : image-instruction : edit, then video generation (ours: an
-# eighth number, 0 when left out). Stage II is the paper's 0:2:6:1:1:0:0; I and III are ours.
+# eighth number, 0 when left out). Stage II is the paper's 0:2:6:1:1:0:0 as it stands (no video
+# generation); I and III are ours.
 X_RATIO_TASKS = ("text", "caption", "t2i", "video_caption", "video_instruction", "instruction", "edit", "video_t2i")
-X_STAGE_RATIOS = {"I": [0.0, 1.0, 3.0, 1.0, 0.0, 0.0, 1.0, 1.0], "II": [0.0, 2.0, 6.0, 1.0, 1.0, 0.0, 0.0, 1.0],
+X_STAGE_RATIOS = {"I": [0.0, 1.0, 3.0, 1.0, 0.0, 0.0, 1.0, 1.0], "II": [0.0, 2.0, 6.0, 1.0, 1.0, 0.0, 0.0],
                   "III": [1.0, 2.0, 2.0, 1.0, 1.0, 1.0, 2.0, 1.0]}
 CLIP_TASKS = {"video_caption": "caption", "video_instruction": "instruction", "video_t2i": "t2i"}  # -> ClipDataset's
 SHAPES_DEFAULT_CLIPS, SHAPES_DEFAULT_EDITS = 400, 1000
