@@ -146,6 +146,17 @@ def test_shapes_vqa_asks_the_pipeline(shapes_like_images, make_fake_pipeline):
     result = evaluate_shapes_vqa(make_fake_pipeline(replies={"What moves?": "red"}), clips, frames=5)
     assert result["accuracy"] == 1.0 and result["answers"][0]["image"] is frames[0]
 
+    # of a longer clip the pipeline sees `frames` of them spread evenly, as training reads them
+    class Recorder:
+        def answer(self, videos, questions, **_):
+            self.videos = videos
+            return ["red"] * len(questions)
+
+    longer = [Image.new("RGB", (8, 8), (25 * i, 0, 0)) for i in range(9)]
+    recorder = Recorder()
+    evaluate_shapes_vqa(recorder, [{"video": longer, "qa": clips[0]["qa"]}], frames=5)
+    assert recorder.videos == [longer[::2]]
+
 
 def test_shapes_geneval_with_the_shapes_scorer_end_to_end(tmp_path):
     """An oracle pipeline that renders each prompt's ground-truth scene scores high with the shapes

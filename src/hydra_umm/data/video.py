@@ -151,8 +151,11 @@ def load_clips(source: str | Path, frames: int, size: int | None = None, limit: 
 class ClipDataset(ImageItemDataset):
     """Clip records as items of the image data sets (``data.datasets``), with ``image`` a clip
     (3, frames, S, S) in [-1, 1] (``collate_items`` stacks them to (B, 3, frames, S, S)); tasks
-    "caption", "t2i" and "instruction" (one item per QA pair). Longer clips are cut to their first ``frames`` frames; a clip that cannot
-    be decoded, or has fewer frames, is skipped and counted in ``skips``."""
+    "caption", "t2i" and "instruction" (one item per QA pair). Of a longer clip, understanding
+    ("caption", "instruction") reads ``frames`` frames spread evenly over it, as ``hydra-umm answer
+    --frames`` and the lmms-eval adapter do, and generation ("t2i") its first ``frames``, at the
+    video's own rate. A clip that cannot be decoded, or has fewer frames, is skipped and counted in
+    ``skips``."""
 
     def __init__(self, records: Sequence[dict], task: str, image_size: int, frames: int):
         super().__init__(image_size)
@@ -195,6 +198,7 @@ class ClipDataset(ImageItemDataset):
         if len(frames) < self.frames:
             raise UnreadableImage(str(video) if isinstance(video, (str, Path)) else f"record {index}",
                                   f"{len(frames)} frames, fewer than the {self.frames} asked for")
-        clip = torch.stack([self.transform(f) for f in frames[: self.frames]], dim=1)  # (3, F, S, S)
+        frames = frames[: self.frames] if self.task == "t2i" else sample_frames(frames, self.frames)
+        clip = torch.stack([self.transform(f) for f in frames], dim=1)  # (3, F, S, S)
         return qa_item(clip, record["qa"][j]) if self.task == "instruction" else caption_item(clip, record["caption"],
                                                                                              self.task)

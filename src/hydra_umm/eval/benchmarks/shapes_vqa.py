@@ -22,7 +22,7 @@ from typing import Any, Iterable
 from PIL import Image
 
 from hydra_umm.data.datasets import question_prompt
-from hydra_umm.data.video import read_frames
+from hydra_umm.data.video import read_frames, sample_frames
 
 ARTICLES = {"a", "an", "the"}
 
@@ -92,8 +92,9 @@ def evaluate_shapes_vqa(
 ) -> dict:
     """Ask every question of every record, score the replies; the result also lists each reply
     under ``"answers"`` (image, question, answer, prediction, type, correct) for the report. With
-    ``frames`` the questions are about the records' clips (``video``: PIL frames or a path; their
-    first ``frames`` frames, HYDRA-X), else about their images (``image``: a path or PIL image)."""
+    ``frames`` the questions are about the records' clips (``video``: PIL frames or a path; ``frames``
+    of them spread evenly, as training reads them, HYDRA-X), else about their images (``image``: a path
+    or PIL image)."""
     items = [(record, qa) for record in records for qa in record.get("qa", [])]
     if not items:
         raise ValueError("the records hold no 'qa' items to evaluate")
@@ -103,7 +104,7 @@ def evaluate_shapes_vqa(
             image = record["image"]
             return image.convert("RGB") if isinstance(image, Image.Image) else Image.open(image).convert("RGB")
         video = record["video"]
-        return list(video if isinstance(video, list) else read_frames(video))[:frames]
+        return sample_frames(video if isinstance(video, list) else read_frames(video), frames)
 
     predictions: list[str] = []
     for start in range(0, len(items), batch_size):
