@@ -26,7 +26,8 @@ def test_t_sampling_ranges_and_logit_normal_moments():
     assert logit.mean().item() == pytest.approx(0.5, abs=0.01)
     assert logit.std().item() == pytest.approx(0.8, abs=0.01)
     u = flow.sample_t(100_000, "uniform", generator=g)
-    assert u.mean().item() == pytest.approx(0.5, abs=0.01)
+    assert u.mean().item() == pytest.approx(0.5, abs=0.01) and u.var().item() == pytest.approx(1 / 12, abs=2e-3)
+    assert u.min() < 1e-3 and u.max() > 1 - 1e-3  # the whole of (0, 1)
     with pytest.raises(ValueError, match="unknown t sampling"):
         flow.sample_t(3, "beta")
 

@@ -41,7 +41,7 @@ def test_ssim_matches_skimage(pair, gaussian, to_unit):
     extra = {"gaussian_weights": True, "sigma": 1.5, "use_sample_covariance": False} if gaussian else {}
     for i in range(x.shape[0]):
         ref = structural_similarity(_np(x, i), _np(y, i), data_range=data_range, channel_axis=0, **extra)
-        assert abs(ours[i].item() - ref) < 1e-3
+        assert abs(ours[i].item() - ref) < 1e-9  # float64 both: a changed covariance estimate is ~1e-5 off
     assert ours.min() < 0.95  # the pair is far from identical, so the comparison is not trivial
 
 

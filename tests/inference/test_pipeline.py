@@ -39,6 +39,18 @@ def test_cached_velocity_equals_full_recomputation(pipe, cfg_scale):
         assert not torch.allclose(cached(z_t, tt)[0], cached(z_t, tt)[1])  # the prompt matters
 
 
+def test_guidance_moves_from_the_unconditional_velocity_towards_the_prompts(pipe):
+    """v = v("") + s (v(prompt) - v("")), each side measured unguided."""
+    model = pipe.model
+    z_t = torch.randn(2, model.num_image_tokens, model.cfg.tokenizer.latent_dim, generator=torch.Generator().manual_seed(1))
+    t = torch.full((2,), 0.3)
+    with torch.no_grad():
+        v_cond, v_uncond = pipe.velocity_fn(PROMPTS, 1.0)(z_t, t), pipe.velocity_fn(["", ""], 1.0)(z_t, t)
+        guided = pipe.velocity_fn(PROMPTS, 3.0)(z_t, t)
+    assert torch.allclose(guided, v_uncond + 3.0 * (v_cond - v_uncond), atol=1e-5)
+    assert not torch.allclose(v_cond, v_uncond, atol=1e-4)  # so the check can tell the two apart
+
+
 def test_generate_is_reproducible_and_cache_agnostic(pipe):
     a = pipe.generate_latents(PROMPTS, steps=3, cfg_scale=2.0, seed=7)
     b = pipe.generate_latents(PROMPTS, steps=3, cfg_scale=2.0, seed=7, use_cache=False)

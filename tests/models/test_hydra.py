@@ -102,6 +102,26 @@ def test_loss_flow_is_the_velocity_mse_of_the_generation_blocks_only(model, monk
     assert torch.allclose(out["loss_flow"], (0.5 - (z[1] - x0[1])).pow(2).mean(), rtol=1e-5)
 
 
+def test_a_generated_block_enters_as_its_noised_latent_and_the_head_reads_its_time(model, monkeypatch):
+    """The generated image's visual tokens are those of x_t = t z + (1 - t) x0 at its t (the understood
+    image's those of z at t = 1), and the vision head is given that t."""
+    batch = model.collate([und("red"), gen("green")], caption_dropout=0.0)
+    fc = model.cfg.umm.flow
+    with torch.no_grad():
+        frames = model.frame_inputs(batch.blocks, torch.Generator().manual_seed(3))
+        z = model.latents(batch.images)
+        g = torch.Generator().manual_seed(3)
+        t = flow.sample_t(2, fc.t_sampling, fc.t_mean, fc.t_std, generator=g)
+        x0 = torch.randn(z.shape, generator=g)
+        x_t = t[1] * z[1:] + (1 - t[1]) * x0[1:]
+        assert torch.allclose(frames["visual"][1:], model.visual_tokens(x_t, t[1:]), atol=1e-5)
+        assert torch.allclose(frames["visual"][:1], model.visual_tokens(z[:1], torch.ones(1)), atol=1e-5)
+        seen, head = [], model.vision_head.forward
+        monkeypatch.setattr(model.vision_head, "forward", lambda hidden, time: seen.append(time) or head(hidden, time))
+        model(batch, generator=torch.Generator().manual_seed(3))
+    assert len(seen) == 1 and torch.equal(seen[0], t[1:])
+
+
 def test_understanding_is_clean_and_the_timestep_reaches_the_visual_tokens(model):
     batch = model.collate([und("red"), und("blue")])
     with torch.no_grad():

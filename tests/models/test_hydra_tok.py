@@ -217,6 +217,19 @@ def test_encode_is_the_posterior_mean_unless_sampling(model, images):
     assert torch.equal(draw, again) and not torch.allclose(draw, mean)
 
 
+def test_stage1_decodes_a_draw_from_the_posterior_not_its_mean(model, images, monkeypatch):
+    decoded, posterior = [], []
+    sample, decoder_losses = model.bottleneck.sample, model._decoder_losses
+    monkeypatch.setattr(model.bottleneck, "sample",
+                        lambda mu, logvar, g: posterior.append((mu, logvar)) or sample(mu, logvar, g))
+    monkeypatch.setattr(model, "_decoder_losses", lambda x, z, g: decoded.append(z) or decoder_losses(x, z, g))
+    with torch.no_grad():
+        model(images, stage=1, generator=torch.Generator().manual_seed(0))
+    (mu, logvar), (z,) = posterior[0], decoded
+    eps = (z - mu) / torch.exp(logvar / 2)
+    assert eps.std().item() == pytest.approx(1.0, abs=0.1) and eps.mean().abs() < 0.1
+
+
 def test_semantic_features_go_through_the_bottleneck(model, images):
     with torch.no_grad():
         expected = model.sem_features(model.bottleneck.reconstruct(model.encode(images)))

@@ -177,6 +177,20 @@ def test_too_many_bad_steps_in_a_row_stop_the_run(tmp_path):
     assert all(torch.equal(before[k], v) for k, v in weights(trainer).items())  # no update was applied
 
 
+def test_gradients_are_clipped_to_grad_clip_before_the_step(tmp_path):
+    """The optimiser steps on gradients of global norm <= grad_clip; grad_norm logs the norm before."""
+    trainer = make_trainer(tmp_path, grad_clip=1e-3)
+    norms, step = [], trainer.optimizer.step
+
+    def recording_step(*args, **kwargs):
+        norms.append(torch.cat([p.grad.flatten() for p in trainer.params if p.grad is not None]).norm().item())
+        return step(*args, **kwargs)
+
+    trainer.optimizer.step = recording_step
+    metrics = trainer.train_step(random_batch(0))
+    assert metrics["grad_norm"] > 1e-2 and norms == [pytest.approx(1e-3, rel=1e-4)]
+
+
 def test_a_forward_without_a_scalar_loss_is_a_clear_error(tmp_path):
     trainer = make_trainer(tmp_path)
     trainer.forward = lambda batch: {"loss": torch.ones(2)}

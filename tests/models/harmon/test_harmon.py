@@ -43,6 +43,17 @@ def test_batch_layout_and_forward(harmon_model):
     assert set(model(collate_items([gen("red"), und("blue")]))) == {"loss", "loss_ntp", "loss_diff"}
 
 
+def test_the_diffusion_loss_is_on_the_masked_tokens_only(harmon_model, monkeypatch):
+    model = harmon_model
+    batch = model.collate([gen("red")], generator=torch.Generator().manual_seed(1))
+    assert 0 < int(batch.mask.sum()) < N  # some tokens masked, some visible: the two sets differ
+    targets, head = [], model.head.forward
+    monkeypatch.setattr(model.head, "forward", lambda x, *rest: targets.append(x) or head(x, *rest))
+    with torch.no_grad():
+        model(batch, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(targets[0], model.latents(batch.images)[batch.mask].float())
+
+
 def test_bad_samples_are_refused_with_clear_errors(harmon_model):
     with pytest.raises(ValueError, match="kind must be one of"):
         harmon_model.collate([{"kind": "edit", "image": square("red"), "prompt": "", "target": ""}])
