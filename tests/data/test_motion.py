@@ -191,6 +191,19 @@ def test_check_clip_rejects_clips_that_do_not_match(clips, rendered):
         check_clip(frames[:-1], meta)
 
 
+def test_check_clip_reads_the_recolour_target_and_every_still_object():
+    clip = Clip((MovingObject(ShapeObject("circle", "red", "large", 0.3, 0.3), vx=0.05),
+                 MovingObject(ShapeObject("square", "blue", "large", 0.7, 0.75)),
+                 MovingObject(ShapeObject("star", "green", "large", 0.25, 0.75), recolor=(4, "yellow"))), frames=9)
+    assert clip.is_valid()
+    frames, meta = render_clip(clip, 64), clip_metadata(clip)
+    assert check_clip(frames, meta)["correct"]
+    to_purple = [{**r, "to": "purple"} if r["event"] == "recolors" else r for r in meta["include"]]
+    assert not check_clip(frames, {**meta, "include": to_purple})["correct"]
+    result = check_clip(frames, {**meta, "include": [r for r in meta["include"] if r["event"] != "still"]})
+    assert not result["correct"] and "unexpected object" in result["reason"]
+
+
 def test_bad_arguments_are_refused():
     with pytest.raises(ValueError, match="at least 2 frames"):
         sample_clip(np.random.default_rng(0), 1)

@@ -1,8 +1,9 @@
 """Shapes-world edits: every kind is sampled, seeded and serialisable; the scorer passes the true
-target, fails the unedited source and outputs that lose an untouched object; Recon-PSNR against its
-formula."""
+target, fails the unedited source, near misses and outputs that lose or displace an untouched
+object; instructions agree with their targets; Recon-PSNR against its formula."""
 
 import math
+from collections import Counter
 from dataclasses import replace
 
 import numpy as np
@@ -10,8 +11,9 @@ import pytest
 
 from hydra_umm.data.shapes.edits import (EDIT_KINDS, Edit, edit_records, recon_psnr, sample_edit, sample_edits,
                                          score_edit, summarize_edits, unedited_region)
+from hydra_umm.data.shapes.prompts import NUMBERS
 from hydra_umm.data.shapes.render import render, to_array
-from hydra_umm.data.shapes.world import HELDOUT_PAIRS
+from hydra_umm.data.shapes.world import COLORS, HELDOUT_PAIRS, fits, place
 
 
 @pytest.fixture(scope="module")
@@ -55,6 +57,58 @@ def test_losing_an_untouched_object_is_not_kept(edits):
             assert not result["kept"] and not result["correct"]
     grey = render(replace(edits[0].source, objects=()), 64)
     assert not score_edit(grey, edits[0])["correct"]
+
+
+def with_extra_object(scene, rng):
+    """``scene`` with one more small object of a colour and shape it does not show (None: no room)."""
+    present = {(o.color, o.shape) for o in scene.objects}
+    spec = next((shape, color, "small") for color in COLORS for shape in ("circle", "star") if (color, shape) not in present)
+    extra = place(rng, [spec], placed=list(scene.objects))
+    return None if extra is None else replace(scene, objects=scene.objects + extra)
+
+
+def test_near_misses_are_not_followed(edits):
+    """An output that does the edit plus something else, or the edit's opposite, fails its instruction."""
+    rng, tried = np.random.default_rng(0), Counter()
+    for e in edits:
+        misses = []
+        if e.kind in ("alter", "replace") or (e.kind == "count" and e.edited):  # ... and an unasked-for object
+            misses.append(with_extra_object(e.target, rng))
+        if e.kind == "move":  # the object at the asked place in another colour
+            i, taken = e.added[0], {o.color for o in e.target.objects}
+            recoloured = replace(e.target.objects[i], color=next(c for c in COLORS if c not in taken))
+            misses.append(replace(e.target, objects=e.target.objects[:i] + (recoloured,) + e.target.objects[i + 1:]))
+        if e.kind == "background":  # lighter where darker was asked, or the reverse
+            opposite = e.source.background - math.copysign(0.08, e.target.background - e.source.background)
+            misses.append(replace(e.source, background=round(opposite, 4)) if 0.65 <= opposite <= 1.0 else None)
+        for miss in filter(None, misses):
+            assert not score_edit(render(miss, 64), e)["followed"], e.instruction
+            tried[e.kind] += 1
+    assert set(tried) == {"alter", "replace", "count", "move", "background"}, tried
+
+
+def test_a_displaced_untouched_object_is_not_kept(edits):
+    tried = 0
+    for e in (x for x in edits if x.kind in ("add", "alter")):
+        k = next(k for k in range(len(e.target.objects)) if k not in e.added)
+        others = e.target.objects[:k] + e.target.objects[k + 1:]
+        for dx, dy in ((0.25, 0), (-0.25, 0), (0, 0.25), (0, -0.25)):
+            moved = replace(e.target.objects[k], cx=e.target.objects[k].cx + dx, cy=e.target.objects[k].cy + dy)
+            if fits(moved.box, others):
+                assert not score_edit(render(replace(e.target, objects=others + (moved,)), 64), e)["kept"], e.instruction
+                tried += 1
+                break
+    assert tried
+
+
+def test_instructions_say_what_the_target_shows(edits):
+    for e in edits:
+        if e.kind == "background":
+            assert ("darker" in e.instruction) == (e.target.background < e.source.background), e.instruction
+        if e.kind == "count":
+            color, shapes = e.instruction.split("change the number of ")[1].split(" to ")[0].split(" ")
+            n = sum(o.color == color and shapes.startswith(o.shape) for o in e.target.objects)
+            assert e.instruction.endswith(f"to {NUMBERS[n]}"), (e.instruction, n)
 
 
 def test_one_fewer_of_a_class_may_drop_any_of_its_instances(edits):

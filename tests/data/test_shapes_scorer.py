@@ -199,6 +199,19 @@ def test_evaluate_follows_geneval_rules():
     assert not evaluate([_obj("square", "red", 0.2, 0.5), _obj("star", "blue", 0.8, 0.5)], left)[0]
     ok, reason = evaluate([_obj("star", "blue", 0.2, 0.5)], left)
     assert not ok and "no target" in reason
+    # ... for every counted object, against every object of the referenced clause
+    two_left = {"tag": "position", "include": [{"class": "square", "count": 1},
+                                               {"class": "star", "count": 2, "position": ["left of", 0]}]}
+    assert not evaluate([_obj("square", "red", 0.5, 0.5), _obj("star", "blue", 0.2, 0.5),
+                         _obj("star", "blue", 0.8, 0.5)], two_left)[0]
+    of_two = {"tag": "position", "include": [{"class": "square", "count": 2},
+                                             {"class": "star", "count": 1, "position": ["left of", 0]}]}
+    assert not evaluate([_obj("square", "red", 0.5, 0.5), _obj("square", "red", 0.1, 0.5),
+                         _obj("star", "blue", 0.3, 0.5)], of_two)[0]
+    # and colour on all `count` of them
+    two_red = {"tag": "color_attr", "include": [{"class": "circle", "count": 2, "color": "red"}]}
+    assert evaluate([_obj("circle", "red", 0.2, 0.5), _obj("circle", "red", 0.8, 0.5)], two_red)[0]
+    assert not evaluate([_obj("circle", "red", 0.2, 0.5), _obj("circle", "blue", 0.8, 0.5)], two_red)[0]
 
 
 def test_scene_for_prompt_refuses_impossible_metadata():

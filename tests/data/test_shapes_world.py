@@ -9,6 +9,7 @@ import pytest
 from hydra_umm.data.shapes import (COLORS, HELDOUT_PAIRS, SHAPES, Scene, ShapeObject, caption, questions,
                                    relative_position, render, sample_scene)
 from hydra_umm.data.shapes.prompts import NUMBERS, plural
+from hydra_umm.data.shapes.questions import N_CHOICES
 from hydra_umm.data.shapes.world import BORDER, GAP, MAX_OBJECTS, clear_relation
 
 
@@ -119,6 +120,12 @@ def test_captions_name_every_object_with_its_count(scenes):
     assert 0.2 < colorless / len(scenes) < 0.5, colorless  # GenEval's colour-free prompts are covered
 
 
+def test_caption_relations_point_the_right_way():
+    scene = Scene((ShapeObject("circle", "red", "small", 0.2, 0.5), ShapeObject("square", "blue", "small", 0.8, 0.5)))
+    texts = [caption(scene, np.random.default_rng(seed)) for seed in range(60)]
+    assert any("left of" in t for t in texts) and not any("right of" in t for t in texts), texts
+
+
 def test_questions_agree_with_the_scene(scenes):
     rng = np.random.default_rng(3)
     kinds = Counter()
@@ -129,7 +136,7 @@ def test_questions_agree_with_the_scene(scenes):
             q, a = qa["question"], qa["answer"]
             assert re.fullmatch(r"[a-z0-9]+", a), qa  # one short word or number
             if "choices" in qa:
-                assert qa["type"].startswith("mc_") and a in qa["choices"] and len(set(qa["choices"])) == len(qa["choices"])
+                assert qa["type"].startswith("mc_") and a in qa["choices"] and len(set(qa["choices"])) == N_CHOICES
             if q.startswith("How many objects"):
                 assert a == str(len(objs))
             elif m := re.match(r"How many (\w+) are there", q):

@@ -12,7 +12,8 @@ from hydra_umm.eval.benchmarks import (
     write_geneval,
     write_wise,
 )
-from hydra_umm.eval.benchmarks.shapes_vqa import match_choice, score_answers
+from hydra_umm.eval.benchmarks.shapes_geneval import score_shapes_image
+from hydra_umm.eval.benchmarks.shapes_vqa import is_correct, match_choice, score_answers
 
 GENEVAL = [
     {"tag": "single_object", "include": [{"class": "circle", "count": 1}], "prompt": "a photo of a circle"},
@@ -106,6 +107,9 @@ def test_choice_matching():
     assert match_choice("It is green", choices) == "green"
     assert match_choice("red or green", choices) is None  # ambiguous
     assert match_choice("purple", choices) is None
+    assert match_choice("10", ["1", "2", "3", "4"]) is None  # whole words only
+    assert not is_correct("red or green", {"answer": "red", "choices": ["red", "green"]})
+    assert is_correct("a circle", {"answer": "circle"}) and not is_correct("a square", {"answer": "circle"})
 
 
 def test_score_answers_per_type_and_majority_baseline():
@@ -182,3 +186,7 @@ def test_shapes_geneval_with_the_shapes_scorer_end_to_end(tmp_path):
     bad = evaluate_shapes_geneval(Blank(), metadata_file, tmp_path / "blank", n_samples=2)
     assert good["images"] == bad["images"] == 2 * len(metadata)
     assert good["overall"] > 0.9 and bad["overall"] < 0.1
+    # the per-image score the report shows beside each sample
+    rng = np.random.default_rng(1)
+    assert score_shapes_image(shapes.render_prompt(metadata[0], rng, size=64)[0], metadata[0]) == 1.0
+    assert score_shapes_image(Image.new("RGB", (64, 64), (230, 230, 230)), metadata[0]) == 0.0
