@@ -11,6 +11,7 @@ from torch.utils.data import ConcatDataset, DataLoader
 from hydra_umm.data.datasets import (
     DESCRIBE,
     ConversationDataset,
+    EditDataset,
     RecordDataset,
     ShardDataset,
     UnreadableImage,
@@ -60,8 +61,10 @@ def test_transform_resizes_shorter_side_and_centre_crops():
     assert x.min() >= -1 and x.max() <= 1
     torch.testing.assert_close(x[:, :, 0], torch.tensor([1.0, -1.0, -1.0])[:, None].expand(3, S))  # red edge
     torch.testing.assert_close(x[:, :, -1], torch.tensor([-1.0, -1.0, 1.0])[:, None].expand(3, S))  # blue edge
-    tall = ImageTransform(S)(Image.new("RGB", (S, 3 * S), (255, 255, 255)))
-    assert tall.shape == (3, S, S) and torch.allclose(tall, torch.ones(3, S, S))
+    tall = Image.new("RGB", (S, 3 * S), RED)  # red, green, blue from top to bottom: the middle stays
+    tall.paste((0, 255, 0), (0, S, S, 2 * S))
+    tall.paste(BLUE, (0, 2 * S, S, 3 * S))
+    torch.testing.assert_close(ImageTransform(S)(tall), torch.tensor([-1.0, 1.0, -1.0])[:, None, None].expand(3, S, S))
 
 
 def test_to_pil_inverts_the_transform_at_model_size():
@@ -137,6 +140,13 @@ def test_manifest_tasks_make_the_right_items(image_dir, tmp_path):
     inst = RecordDataset.from_manifest(path, "instruction", S)
     assert [(it["prompt"], it["target"]) for it in inst] == [
         ("What colour?", "red"), ("How many?\nChoices: 1, 2", "1")]
+    assert RecordDataset(records, "text", S)[0] == {"kind": "text", "image": None, "prompt": "", "target": "a red card"}
+    edits = EditDataset([{"source": Image.new("RGB", (S, S), RED), "target": Image.new("RGB", (S, S), BLUE),
+                          "instruction": "make it blue"}], S)
+    edit = edits[0]
+    assert (edit["kind"], edit["prompt"], edit["target"]) == ("edit", "make it blue", "")
+    torch.testing.assert_close(edit["source"], torch.tensor([1.0, -1.0, -1.0])[:, None, None].expand(3, S, S))
+    torch.testing.assert_close(edit["image"], torch.tensor([-1.0, -1.0, 1.0])[:, None, None].expand(3, S, S))
     with pytest.raises(ValueError, match="no records in split 'test'"):
         RecordDataset.from_manifest(path, "t2i", S, split="test")
     with pytest.raises(ValueError, match="unknown task 'vqa'"):

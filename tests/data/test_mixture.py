@@ -88,6 +88,12 @@ def test_mixture_dataset_reads_each_source_as_a_permutation_per_epoch():
         epochs = [indices[e * n:(e + 1) * n] for e in range(len(indices) // n)]
         assert all(sorted(e) == list(range(n)) for e in epochs)  # every record once per epoch
         assert len({tuple(e) for e in epochs}) > 1  # reshuffled between epochs
+    twins = MixtureDataset({"caption": Tagged("caption", 6), "t2i": Tagged("t2i", 6)}, TaskMixture([0, 1, 1], seed=0))
+    first = {"caption": [], "t2i": []}
+    for i in range(24):
+        name, index = twins[i]["prompt"].split(":")
+        first[name].append(int(index))
+    assert first["caption"][:6] != first["t2i"][:6]  # sources of one size are shuffled each their own way
     with pytest.raises(ValueError, match="no data source is given for them"):
         MixtureDataset({"t2i": SOURCES["t2i"]}, mix)
 
