@@ -22,6 +22,7 @@ def test_overrides_are_typed():
     assert cfg.tokenizer.lambda_kl == pytest.approx(1e-4)
     assert cfg.llm.path == "/models/q" and cfg.tokenizer.distill_layers == [0, 3]
     assert cfg.tokenizer.layer_scale is None and cfg.seed == 7
+    assert apply_overrides(cfg, ["llm.path=/models/a=b"]).llm.path == "/models/a=b"  # split at the first "="
 
 
 @pytest.mark.parametrize(
@@ -30,6 +31,7 @@ def test_overrides_are_typed():
         ("tokenizer.foo=1", "valid keys here: tokenizer.image_size"),
         ("bogus=1", "valid keys here: name, seed, data, stage, init, tokenizer, xtok, llm, umm, harmon, train"),
         ("tokenizer.gen_depth=abc", "expected int"),
+        ("seed=true", "expected int"),  # a bool is no int
         ("tokenizer=3", "is a section"),
         ("novalue", "key=value"),
         ("tokenizer.layer_scale=abc", r"fits none of .*\(tokenizer.layer_scale: expected float"),

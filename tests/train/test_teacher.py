@@ -1,15 +1,19 @@
 import json
+import math
 from dataclasses import replace
 
 import pytest
 import torch
+import torch.nn.functional as F
 from safetensors.torch import load_file
 
 from hydra_umm.config import load_config
-from hydra_umm.data.shapes import COLORS, SHAPES
+from hydra_umm.data.shapes import COLORS, SHAPES, Clip, MovingObject, ShapeObject
+from hydra_umm.data.shapes.motion import DIRECTIONS, EVENTS
 from hydra_umm.models.hydra_tok import HydraTok
 from hydra_umm.models.vit import build_vit
-from hydra_umm.train.teacher import HEADS, SemanticTeacher, collate_targets, scene_targets, train_teacher
+from hydra_umm.train.teacher import (HEADS, SemanticTeacher, clip_targets, collate_targets, head_losses, scene_targets,
+                                     train_teacher)
 
 # a ViT of the tiny preset's architecture at 64 px, thinner and shallower so that training fits the test budget
 OVERRIDES = ["tokenizer.width=32", "tokenizer.depth=2", "tokenizer.gen_depth=1", "tokenizer.num_heads=2",
@@ -57,6 +61,28 @@ def test_scene_targets_reject_bad_scenes():
         scene_targets({"objects": [obj("red", "circle", "small", 0.1 * i, 0.5) for i in range(1, 6)]}, grid=4)
     with pytest.raises(ValueError, match="grid"):
         scene_targets(SCENE, grid=0)
+
+
+def test_clip_targets_by_hand():
+    right = MovingObject(ShapeObject("circle", "red", "small", 0.3, 0.3), vx=0.03)
+    still = MovingObject(ShapeObject("square", "blue", "small", 0.7, 0.7))
+    t = clip_targets(Clip((right, still), frames=5).to_dict(), grid=2)
+    assert t["direction"].tolist() == [float(d == "right") for d in DIRECTIONS]
+    assert t["event"].tolist() == [float(e in ("moves", "still")) for e in EVENTS]
+    assert t["movers"].item() == 1 and t["end_count"].item() == 2 and t["cell_color"].shape == (4, 4)
+
+
+def test_head_losses_against_their_formulas():
+    """Uniform logits cost log(classes) per cross-entropy head and log 2 per presence head; logits
+    confidently right cost nothing."""
+    targets = collate_targets([scene_targets(SCENE, 4), scene_targets({"objects": []}, 4)])
+    shapes = {k: (*v.shape, HEADS[k][1]) if HEADS[k][1] else v.shape for k, v in targets.items()}
+    uniform = head_losses({k: torch.zeros(s) for k, s in shapes.items()}, targets, HEADS)
+    for name, (_, classes) in HEADS.items():
+        assert uniform[f"loss_{name}"].item() == pytest.approx(math.log(classes or 2), rel=1e-5), name
+    right = {k: 20.0 * F.one_hot(y, HEADS[k][1]).float() if HEADS[k][1] else 40.0 * y - 20.0
+             for k, y in targets.items()}
+    assert all(v.item() < 1e-6 for v in head_losses(right, targets, HEADS).values())
 
 
 @pytest.fixture(scope="module")
