@@ -67,6 +67,9 @@ def test_frame_psnr_matches_the_formula(clips):
             mse = np.mean((x[b, :, f] - y[b, :, f]) ** 2)
             assert ours[b, f].item() == pytest.approx(10 * np.log10(2.0**2 / mse), rel=1e-9)
     assert frame_psnr((clips + 1) / 2, (noisy + 1) / 2, data_range=1.0) == pytest.approx(ours, rel=1e-5)
+    worse = (clips + torch.linspace(0.05, 0.5, 8).view(8, 1, 1, 1, 1) * torch.randn(clips.shape)).clamp(-1, 1)
+    per_frame = clip_reconstruction_metrics(clips, worse)["psnr_per_frame"]  # the mean over clips, frame by frame
+    assert per_frame == pytest.approx(frame_psnr(clips, worse).mean(0).tolist(), rel=1e-6)
 
 
 def test_frame_ssim_matches_skimage_per_frame(clips):

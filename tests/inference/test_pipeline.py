@@ -7,6 +7,7 @@ from PIL import Image
 
 from hydra_umm import cli
 from hydra_umm.data.transforms import to_pil
+from hydra_umm.eval.alignment import branch_features
 
 TEXTS = ["a red square", "a blue circle on the left", "what colour is the square?", "red", "blue", "how many?"]
 PROMPTS = ["a red square", "a blue circle on the left of a big green triangle"]  # different lengths: padding
@@ -92,6 +93,29 @@ def test_answers_depend_on_the_image_and_sampling_follows_the_seed(pipe, images)
         pipe.answer(images, q[:1])
     with pytest.raises(ValueError, match="temperature"):
         pipe.answer(images, q, temperature=-1.0)
+
+
+def test_a_cold_temperature_samples_the_greedy_answer_and_eos_ends_it(pipe, images, monkeypatch):
+    questions = ["what colour is the square?", "how many?"]
+    greedy = pipe.answer_ids(images, questions, max_new_tokens=6, temperature=0.0)
+    for seed in range(3):  # logits / 1e-3: one token holds all the probability
+        assert pipe.answer_ids(images, questions, max_new_tokens=6, temperature=1e-3, seed=seed) == greedy
+    model = pipe.model
+    eos_logits = torch.nn.functional.one_hot(torch.tensor(model.ids["eos"]), len(model.text_tokenizer)).float()
+    monkeypatch.setattr(model.llm.lm_head, "forward", lambda hidden: eos_logits.expand(*hidden.shape[:-1], -1))
+    assert pipe.answer_ids(images, questions, max_new_tokens=4) == [[], []]  # eos is not part of the answer
+
+
+def test_alignment_branches_are_the_clean_and_the_noised_visual_tokens(pipe, images):
+    model, x = pipe.model, pipe.pixels(images)
+    with torch.no_grad():
+        clean = branch_features(model, x, t=1.0)
+        torch.testing.assert_close(clean["generation"], clean["understanding"])
+        half = branch_features(model, x, t=0.5, seed=1)
+        z = model.latents(x)
+        noise = torch.randn(z.shape, generator=torch.Generator().manual_seed(1))
+        torch.testing.assert_close(half["understanding"], model.visual_tokens(z, torch.ones(len(z))))
+        torch.testing.assert_close(half["generation"], model.visual_tokens(0.5 * noise + 0.5 * z, torch.full((len(z),), 0.5)))
 
 
 def test_reconstruct_is_reproducible(pipe, images):

@@ -223,6 +223,11 @@ def test_an_image_as_a_one_frame_clip_gives_exactly_the_image_path(compression):
         # in a longer clip the anchor still is the image alone (tubelet attention, zero-padded anchor)
         longer = torch.cat([clip_of_one, moving_squares(B, 4, seed=6)], dim=2)
         assert torch.allclose(tok.encode(longer)[:, 0].flatten(1, 2), z, atol=1e-5)
+        # and a longer clip's first frame decodes from the anchor latent alone, as that image
+        z_clip = tok.encode(longer)
+        torch.testing.assert_close(tok.decode(z_clip, generator=torch.Generator().manual_seed(0))[:, :, 0],
+                                   tok.decode(z_clip[:, 0].flatten(1, 2), generator=torch.Generator().manual_seed(0)),
+                                   atol=1e-5, rtol=0)
     g = [torch.Generator().manual_seed(1) for _ in range(2)]
     image_losses, clip_losses = tok(images, generator=g[0]), tok(clip_of_one, generator=g[1])
     assert {k: v.item() for k, v in image_losses.items()} == {k: v.item() for k, v in clip_losses.items()}

@@ -62,6 +62,9 @@ def test_chat_completion_answers_like_the_pipeline(client, pipe, image):
     assert choice["finish_reason"] == ("length" if len(ids) == 6 else "stop")
     assert body["usage"]["completion_tokens"] == len(ids)
     assert body["usage"]["total_tokens"] == body["usage"]["prompt_tokens"] + len(ids)
+    short = [client.post("/v1/chat/completions", json=chat_body(image, temperature=0, **{key: 2})).json()
+             for key in ("max_tokens", "max_completion_tokens")]  # the old name and the new one
+    assert short[0]["choices"] == short[1]["choices"] and short[1]["usage"]["completion_tokens"] <= 2
     sampled = [client.post("/v1/chat/completions", json=chat_body(image, max_tokens=6, seed=s)).json()
                for s in (1, 1)]
     assert sampled[0]["choices"][0]["message"] == sampled[1]["choices"][0]["message"]
@@ -86,8 +89,18 @@ def test_chat_completion_streams_openai_chunks(client, pipe, image):
     assert all(c["object"] == "chat.completion.chunk" and len({c["id"] for c in chunks}) == 1 for c in chunks)
     deltas = [c["choices"][0]["delta"] for c in chunks]
     assert deltas[0] == {"role": "assistant", "content": ""} and deltas[-1] == {}
-    assert chunks[-1]["choices"][0]["finish_reason"] in ("stop", "length") and len(deltas) > 3
+    ids = pipe.answer_ids([image], [QUESTION], max_new_tokens=6)[0]
+    assert chunks[-1]["choices"][0]["finish_reason"] == ("length" if len(ids) == 6 else "stop") and len(deltas) > 3
     assert "".join(d["content"] for d in deltas[1:-1]) == pipe.answer([image], [QUESTION], max_new_tokens=6)[0]
+
+
+def test_earlier_turns_reach_the_model(client, pipe, image):
+    content = [{"type": "text", "text": QUESTION}, {"type": "image_url", "image_url": {"url": data_url(image)}}]
+    messages = [{"role": "user", "content": content}, {"role": "assistant", "content": "red"},
+                {"role": "user", "content": "how many?"}]
+    body = {"model": MODEL_NAME, "messages": messages, "max_tokens": 6, "temperature": 0}
+    answer = client.post("/v1/chat/completions", json=body).json()["choices"][0]["message"]["content"]
+    assert answer == pipe.answer([image], [f"{QUESTION}\nred\nhow many?"], max_new_tokens=6)[0]
 
 
 def too_big_url() -> str:
@@ -149,6 +162,8 @@ BAD = {
         {"role": "user", "content": [{"type": "image_url", "image_url": {"url": data_url(im)}}]}]}, 400,
         "non-empty question"),
     "unsupported chat option": (CHAT, lambda im: chat_body(im, top_p=0.5), 400, "unsupported option 'top_p'"),
+    "last turn not the user's": (CHAT, lambda im: {**chat_body(im), "messages": chat_body(im)["messages"] + [
+        {"role": "assistant", "content": "red"}]}, 400, "last message"),
     "two choices": (CHAT, lambda im: chat_body(im, n=2), 400, "'n'"),
     "negative temperature": (CHAT, lambda im: chat_body(im, temperature=-1), 400, "'temperature'"),
 }
