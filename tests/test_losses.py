@@ -117,6 +117,21 @@ def test_lpips_loads_the_vgg_trunk_from_a_local_file(vgg_file):
     assert torch.allclose(loss(x, y), loss.lpips(x, y).mean())  # the lpips package's own distance
 
 
+def test_a_random_lpips_trunk_is_the_same_whenever_it_is_built_and_leaves_the_rng_alone():
+    """A resumed run builds LPIPS at another global RNG state than the run it continues."""
+    from hydra_umm.losses.perceptual import PerceptualLoss
+
+    with pytest.warns(UserWarning, match="randomly initialised"):
+        torch.manual_seed(0)
+        first = PerceptualLoss().state_dict()
+        torch.manual_seed(1)
+        after = torch.rand(1)
+        torch.manual_seed(1)
+        second = PerceptualLoss().state_dict()
+    assert torch.equal(torch.rand(1), after)  # the global stream is where it was
+    assert all(torch.equal(first[k], second[k]) for k in first)
+
+
 def test_lpips_errors_name_the_bad_weight_file(tmp_path):
     from hydra_umm.losses.perceptual import PerceptualLoss
 

@@ -3,7 +3,9 @@
 The calibrated linear heads ship inside the ``lpips`` package. The VGG16 trunk is built randomly
 (``pnet_rand=True``, so torchvision fetches nothing) and then, when a path is given, loaded from a
 local torchvision ``vgg16`` state dict (``features.<i>.weight`` / ``.bias``; .pth or .safetensors).
-Without weights the trunk stays random: usable in tests, meaningless as a perceptual metric.
+Without weights the trunk stays random: usable in tests, meaningless as a perceptual metric. Its
+draw is seeded apart from the global RNG (which it leaves alone), so that the same network is built
+whenever it is first used, e.g. in a resumed run.
 """
 
 from __future__ import annotations
@@ -14,6 +16,8 @@ from pathlib import Path
 import lpips
 import torch
 from torch import Tensor, nn
+
+RANDOM_TRUNK_SEED = 0
 
 
 def load_vgg16_features(path: str | Path) -> dict[str, Tensor]:
@@ -36,8 +40,9 @@ class PerceptualLoss(nn.Module):
     def __init__(self, vgg_weights: str | Path = ""):
         super().__init__()
         features = load_vgg16_features(vgg_weights) if vgg_weights else None
-        with warnings.catch_warnings():  # lpips passes torchvision's deprecated `pretrained=False`
-            warnings.simplefilter("ignore", UserWarning)
+        with warnings.catch_warnings(), torch.random.fork_rng(devices=[]):
+            warnings.simplefilter("ignore", UserWarning)  # lpips passes torchvision's deprecated `pretrained=False`
+            torch.manual_seed(RANDOM_TRUNK_SEED)
             self.lpips = lpips.LPIPS(net="vgg", pretrained=True, pnet_rand=True, verbose=False)
         if features is not None:
             self._load_trunk(features, str(vgg_weights))
