@@ -144,6 +144,16 @@ def test_resume_refuses_a_changed_schedule(tmp_path):
     assert make_trainer(tmp_path).fit()["step"] == 20
 
 
+def test_resume_refuses_other_settings_but_not_another_place_or_pace(tmp_path):
+    make_trainer(tmp_path / "a").fit(until=8)
+    moved = tmp_path / "b" / "checkpoints"
+    moved.mkdir(parents=True)
+    (tmp_path / "a" / "checkpoints" / "step_00000008.pt").rename(moved / "step_00000008.pt")  # another folder
+    with pytest.raises(ValueError, match=r"other settings \(train.batch_size: 16 there, 8 now\)"):
+        make_trainer(tmp_path / "b", batch_size=8).fit()
+    assert make_trainer(tmp_path / "b", log_every=2, ckpt_every=5, num_workers=1).fit()["step"] == 20
+
+
 def test_the_model_learns_and_the_run_folder_is_complete(uninterrupted):
     out, trainer, summary, first_loss = uninterrupted
     assert summary["step"] == 20 and summary["bad_steps"] == 0

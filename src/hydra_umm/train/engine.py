@@ -13,8 +13,10 @@ A step: forward (bf16 autocast on CUDA when asked), and if the loss is finite on
 backward, gradient clipping, optimiser step. A non-finite loss (or gradient norm) skips the
 update and is counted; ``max_bad_steps`` of them in a row stop the run with
 :class:`NonFiniteLossError`. The scheduler and the data advance on every step, skipped or not.
-A checkpoint holds model, optimiser, scheduler, data position, step, bad-step counters and each
-rank's RNG states, so a resumed run continues exactly where the stopped one was.
+A checkpoint holds model, optimiser, scheduler, data position, step, bad-step counters, each
+rank's RNG states and the run's settings, so a resumed run continues exactly where the stopped one
+was; a resume asked for other settings (other than where and how the run goes: reuse.PLACE_KEYS
+and HOW_KEYS) is refused with them named.
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ from hydra_umm.train.checkpoint import (checkpoint_dir, checkpoints, latest, loa
 from hydra_umm.train.config import TrainConfig
 from hydra_umm.train.distributed import DistEnv, all_mean, full_state, load_full_state
 from hydra_umm.train.errors import DataExhaustedError, NonFiniteLossError
+from hydra_umm.train.reuse import HOW_KEYS, PLACE_KEYS, flat_settings, refuse_changes
 
 log = logging.getLogger(__name__)
 
@@ -172,6 +175,7 @@ class Trainer:
                 "bad_steps": self.bad_steps,
                 "bad_in_row": self.bad_in_row,
                 "train_seconds": self.train_seconds,
+                "config": self.run_config,
             }
             path = save_checkpoint(state, self.out_dir, self.step, self.cfg.keep_last)
             log.info("saved checkpoint %s", path)
@@ -198,6 +202,10 @@ class Trainer:
             raise ValueError(f"{path} was written under another learning-rate schedule or optimiser settings ({saved}) "
                              f"than this run asks for ({ours}): resume with the run's train.steps, warmup, lr, "
                              "weight_decay and betas, or start a new run from its saved model (init=...)")
+        if "config" in state:  # the run's settings, saved in its checkpoints; where and how it runs may change
+            wanted = {k: v for k, v in flat_settings(self.run_config).items() if k not in PLACE_KEYS | HOW_KEYS}
+            refuse_changes(path, flat_settings(state["config"]), wanted, "was written by a run with other settings",
+                           "resume with the run's own settings, or start a new run from its saved model (init=...)")
         load_full_state(self.model, self.optimizer, state["model"], state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.data.load_state_dict(state["data"])

@@ -17,14 +17,18 @@ ASKED_FILE = "asked.yaml"  # the config a run was asked for (record_stage)
 # Config keys that name places (an absolute and a relative output folder differ in them), not settings.
 PLACE_KEYS = frozenset({"data", "init", "train.out_dir", "umm.tokenizer_path", "tokenizer.teacher_weights",
                         "harmon.vae_path"})
+# Training keys that say how a run is carried out, not what it trains: a resumed run may change them.
+HOW_KEYS = frozenset(f"train.{k}" for k in ("resume", "log_every", "val_every", "ckpt_every", "keep_last",
+                                             "num_workers", "max_bad_steps", "bf16", "compile",
+                                             "activation_checkpointing"))
 
 
-def _flat(tree: dict, prefix: str = "") -> dict[str, object]:
+def flat_settings(tree: dict, prefix: str = "") -> dict[str, object]:
     """{"a": {"b": 1}} -> {"a.b": 1}."""
     out: dict[str, object] = {}
     for key, value in tree.items():
         if isinstance(value, dict):
-            out.update(_flat(value, f"{prefix}{key}."))
+            out.update(flat_settings(value, f"{prefix}{key}."))
         else:
             out[f"{prefix}{key}"] = value
     return out
@@ -38,21 +42,21 @@ def is_done(cfg: Config, weights: str = MODEL_WEIGHTS) -> bool:
         return False
     if not (run / ASKED_FILE).is_file():  # finished before runs were recorded: nothing to compare
         return True
-    wanted = {k: v for k, v in sorted(_flat(to_dict(cfg)).items()) if k not in PLACE_KEYS}
-    refuse_changes(run, _flat(yaml.safe_load((run / ASKED_FILE).read_text())), wanted,
+    wanted = {k: v for k, v in sorted(flat_settings(to_dict(cfg)).items()) if k not in PLACE_KEYS}
+    refuse_changes(run, flat_settings(yaml.safe_load((run / ASKED_FILE).read_text())), wanted,
                    "holds a run trained with other settings")
     return True
 
 
-def refuse_changes(folder: Path, made: dict, wanted: dict, what: str) -> None:
+def refuse_changes(folder: Path, made: dict, wanted: dict, what: str,
+                   remedy: str = "remove it to make it again, or choose another output folder") -> None:
     """Raise a ValueError naming the keys of ``wanted`` that ``made`` (what ``folder`` was made with)
     holds with another value; keys ``made`` lacks (settings added since) count as the same."""
     changed = [k for k in wanted if k in made and made[k] != wanted[k]]
     if changed:
         named = "; ".join(f"{k}: {made[k]!r} there, {wanted[k]!r} now" for k in changed[:4])
         more = "; ..." if len(changed) > 4 else ""
-        raise ValueError(f"{folder} {what} ({named}{more}): remove it to make it again, or choose another "
-                         "output folder")
+        raise ValueError(f"{folder} {what} ({named}{more}): {remedy}")
 
 
 def record_stage(cfg: Config) -> None:
