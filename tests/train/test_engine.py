@@ -1,5 +1,7 @@
 import itertools
 import math
+import os
+import signal
 
 import pytest
 import torch
@@ -12,7 +14,7 @@ from hydra_umm.data.mixture import BatchStream, MixtureDataset, TaskMixture, mix
 from hydra_umm.train.checkpoint import checkpoints
 from hydra_umm.train.config import LearningRates, TrainConfig
 from hydra_umm.train.engine import Trainer
-from hydra_umm.train.errors import DataExhaustedError, NonFiniteLossError
+from hydra_umm.train.errors import DataExhaustedError, NonFiniteLossError, TrainingInterrupted
 from hydra_umm.train.schedule import WarmupCosine, build_optimizer, param_groups
 
 
@@ -152,6 +154,27 @@ def test_resume_refuses_other_settings_but_not_another_place_or_pace(tmp_path):
     with pytest.raises(ValueError, match=r"other settings \(train.batch_size: 16 there, 8 now\)"):
         make_trainer(tmp_path / "b", batch_size=8).fit()
     assert make_trainer(tmp_path / "b", log_every=2, ckpt_every=5, num_workers=1).fit()["step"] == 20
+
+
+def test_ctrl_c_stops_after_the_step_under_way_and_saves_it(uninterrupted, tmp_path):
+    trainer = make_trainer(tmp_path)
+    step = trainer.train_step
+
+    def interrupted_step(batch):  # Ctrl-C arrives during step 7
+        if trainer.step == 6:
+            os.kill(os.getpid(), signal.SIGINT)
+        return step(batch)
+
+    trainer.train_step = interrupted_step
+    with pytest.raises(TrainingInterrupted, match="after step 7 of 20.*run the same command to resume"):
+        trainer.fit()
+    assert checkpoints(tmp_path)[-1].name == "step_00000007.pt"
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # Ctrl-C is Ctrl-C again
+    resumed = make_trainer(tmp_path, seed=1)
+    assert resumed.fit()["step"] == 20
+    expected, got = weights(uninterrupted[1]), weights(resumed)
+    for k in expected:
+        torch.testing.assert_close(got[k], expected[k], rtol=1e-6, atol=1e-7)
 
 
 def test_the_model_learns_and_the_run_folder_is_complete(uninterrupted):

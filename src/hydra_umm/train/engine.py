@@ -13,6 +13,8 @@ A step: forward (bf16 autocast on CUDA when asked), and if the loss is finite on
 backward, gradient clipping, optimiser step. A non-finite loss (or gradient norm) skips the
 update and is counted; ``max_bad_steps`` of them in a row stop the run with
 :class:`NonFiniteLossError`. The scheduler and the data advance on every step, skipped or not.
+Ctrl-C stops a single-process run after the step under way, with a checkpoint
+(:class:`TrainingInterrupted`); a second Ctrl-C interrupts at once.
 A checkpoint holds model, optimiser, scheduler, data position, step, bad-step counters, each
 rank's RNG states and the run's settings, so a resumed run continues exactly where the stopped one
 was; a resume asked for other settings (other than where and how the run goes: reuse.PLACE_KEYS
@@ -24,6 +26,8 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import signal
+import threading
 import time
 from collections import defaultdict
 from dataclasses import asdict
@@ -42,7 +46,7 @@ from hydra_umm.train.checkpoint import (checkpoint_dir, checkpoints, latest, loa
                                         save_checkpoint, set_aside_later, set_rng_state)
 from hydra_umm.train.config import TrainConfig
 from hydra_umm.train.distributed import DistEnv, all_mean, full_state, load_full_state
-from hydra_umm.train.errors import DataExhaustedError, NonFiniteLossError
+from hydra_umm.train.errors import DataExhaustedError, NonFiniteLossError, TrainingInterrupted
 from hydra_umm.train.reuse import HOW_KEYS, PLACE_KEYS, flat_settings, refuse_changes
 
 log = logging.getLogger(__name__)
@@ -229,7 +233,7 @@ class Trainer:
         main = self.env.is_main
         if main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
-        with _log_to(self.out_dir / "train.log" if main else None):
+        with _log_to(self.out_dir / "train.log" if main else None), _interrupt_after_step(self.env) as interrupted:
             self.resume()  # first: a refused resume leaves the run's config.yaml as it was
             if main:
                 (self.out_dir / "config.yaml").write_text(yaml.safe_dump(self.run_config, sort_keys=False))
@@ -241,7 +245,7 @@ class Trainer:
             saved_at = self.step
             try:
                 self.model.train()
-                while self.step < stop:
+                while self.step < stop and not interrupted:
                     lrs = self.scheduler.get_last_lr()  # the rates this step uses
                     try:
                         batch = next(self.data)
@@ -269,6 +273,10 @@ class Trainer:
                         saved_at = self.step
                 if saved_at != self.step:
                     self.save()
+                if interrupted:
+                    raise TrainingInterrupted(f"interrupted after step {self.step} of {self.cfg.steps} (checkpoint "
+                                              f"saved in {checkpoint_dir(self.out_dir)}): run the same command to "
+                                              "resume")
             finally:
                 bar.close()
                 if writer is not None:
@@ -313,6 +321,27 @@ def _schedule(scheduler: Mapping[str, Any], optimizer: Mapping[str, Any]) -> str
               + (f", betas {tuple(g['betas'])}" if "betas" in g else "")
               for i, g in enumerate(optimizer["param_groups"])]
     return "; ".join([", ".join(f"{k} {v}" for k, v in factor.items()), *groups])
+
+
+@contextlib.contextmanager
+def _interrupt_after_step(env: DistEnv) -> Iterator[list[bool]]:
+    """In a single-process run, the first Ctrl-C (SIGINT) is noted in the yielded list, so that the
+    run stops after the step under way and saves it; a second one interrupts at once."""
+    interrupted: list[bool] = []
+    if env.world_size > 1 or threading.current_thread() is not threading.main_thread():
+        yield interrupted
+        return
+    previous = signal.getsignal(signal.SIGINT)
+
+    def note(signum, frame) -> None:
+        interrupted.append(True)
+        signal.signal(signal.SIGINT, previous)
+
+    signal.signal(signal.SIGINT, note)
+    try:
+        yield interrupted
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 @contextlib.contextmanager

@@ -11,3 +11,7 @@ class DataExhaustedError(TrainingError):
 
 class NonFiniteLossError(TrainingError):
     """Too many non-finite losses in a row."""
+
+
+class TrainingInterrupted(TrainingError):
+    """Ctrl-C: the run stopped after the step under way and saved it."""
