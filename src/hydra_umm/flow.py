@@ -94,6 +94,8 @@ def sample(
     """
     if method not in SAMPLERS:
         raise ValueError(f"unknown sampler {method!r}; use one of {', '.join(SAMPLERS)}")
+    if steps < 1 or not shift > 0:
+        raise ValueError(f"the flow needs steps >= 1 and a time shift > 0, got steps {steps}, shift {shift}")
     ts = time_grid(steps, shift, device=x0.device)
     x = x0
     batch = x0.shape[0]

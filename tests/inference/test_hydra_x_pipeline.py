@@ -89,6 +89,8 @@ def test_generate_video_and_edit_are_reproducible(pipe):
     assert all(np.array_equal(np.asarray(x), np.asarray(y)) for x, y in zip(e1, e2))
     with pytest.raises(ValueError, match="one image per instruction"):
         pipe.edit(sources, PROMPTS[:1])
+    with pytest.raises(ValueError, match="image_cfg_scale must be a finite number"):
+        pipe.edit(sources, PROMPTS, image_cfg_scale=float("nan"))
 
 
 def test_video_answers_cached_equal_uncached_and_depend_on_the_clip(pipe):

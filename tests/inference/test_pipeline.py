@@ -63,8 +63,15 @@ def test_generate_is_reproducible_and_cache_agnostic(pipe):
     second = pipe.generate(PROMPTS, seed=1)
     assert [im.size for im in first] == [(32, 32)] * 2
     assert all(np.array_equal(np.asarray(x), np.asarray(y)) for x, y in zip(first, second))
-    with pytest.raises(ValueError, match="at least one prompt"):
-        pipe.generate([])
+    for bad in ([], "a red square"):  # a bare string would be one prompt per character
+        with pytest.raises(ValueError, match="non-empty list of strings"):
+            pipe.generate(bad)
+    for scale in (float("nan"), float("inf")):  # would integrate to blank images
+        with pytest.raises(ValueError, match="cfg_scale must be a finite number"):
+            pipe.generate(PROMPTS, cfg_scale=scale)
+    for steps in (0, -1):  # 0 no longer falls back to the config's steps
+        with pytest.raises(ValueError, match="steps >= 1"):
+            pipe.generate(PROMPTS, steps=steps)
 
 
 @pytest.mark.parametrize("temperature", [0.0, 1.0])
@@ -91,8 +98,9 @@ def test_answers_depend_on_the_image_and_sampling_follows_the_seed(pipe, images)
     assert not torch.allclose(last[0], last[1])
     with pytest.raises(ValueError, match="one image per question"):
         pipe.answer(images, q[:1])
-    with pytest.raises(ValueError, match="temperature"):
-        pipe.answer(images, q, temperature=-1.0)
+    for bad in ({"temperature": -1.0}, {"temperature": float("nan")}, {"max_new_tokens": 0}):
+        with pytest.raises(ValueError, match="finite temperature >= 0 and max_new_tokens >= 1"):
+            pipe.answer(images, q, **bad)
 
 
 def test_a_cold_temperature_samples_the_greedy_answer_and_eos_ends_it(pipe, images, monkeypatch):

@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
@@ -24,7 +25,7 @@ from torch import Tensor
 
 from hydra_umm.data.transforms import to_pil
 from hydra_umm.inference.kv_cache import CachedSequence
-from hydra_umm.inference.pipeline import GenerationOptions, HydraPipeline, ImageInput
+from hydra_umm.inference.pipeline import GenerationOptions, HydraPipeline, ImageInput, check_scales, check_texts
 from hydra_umm.models.harmon.harmon import HarmonModel
 from hydra_umm.models.harmon.mar import mask_by_order, mask_schedule, random_orders
 from hydra_umm.models.llm import Image
@@ -91,14 +92,14 @@ class HarmonPipeline(HydraPipeline):
     ) -> Tensor:
         """Prompts -> latent tokens (B, N, c) in K = ``steps`` masked-autoregressive steps (None: the
         config's harmon.mar_steps, cfg_scale, temperature); ``progress(step, K)`` after every step."""
-        if not prompts:
-            raise ValueError("generate needs at least one prompt")
+        check_texts("prompts", prompts)
         model, h = self.model, self.model.cfg.harmon
         K = h.mar_steps if steps is None else steps
         scale = h.cfg_scale if cfg_scale is None else cfg_scale
         temperature = h.temperature if temperature is None else temperature
-        if temperature <= 0:
-            raise ValueError(f"temperature must be > 0, got {temperature}")
+        check_scales(cfg_scale=scale)
+        if not 0 < temperature < math.inf or K < 1:
+            raise ValueError(f"Harmon samples with a finite temperature > 0 in steps >= 1, got {temperature} and {K}")
         B, N, guided = len(prompts), model.num_tokens, scale != 1.0
         copies = 2 if guided else 1  # cond rows, then uncond rows
         generator = self._generator(seed)

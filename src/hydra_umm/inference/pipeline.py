@@ -19,6 +19,7 @@ PIL conversion happens here and nowhere in the models.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional, Sequence, Union
@@ -39,6 +40,19 @@ from hydra_umm.models.llm import IGNORE, Image, Segment, Text
 ImageInput = Union[PILImage.Image, Tensor]  # PIL image, or a (3, H, W) tensor in [-1, 1]
 VideoInput = Union[Sequence[PILImage.Image], Tensor]  # PIL frames, or a (3, 1 + T, H, W) tensor in [-1, 1]
 GREEDY_BELOW = 1e-5  # temperatures below this decode greedily (logits / t would overflow, or t round to 0)
+
+
+def check_texts(name: str, texts: Sequence[str]) -> None:
+    """A non-empty list of strings (a bare string would be read character by character)."""
+    if isinstance(texts, str) or not texts:
+        raise ValueError(f"{name} must be a non-empty list of strings, got {texts!r:.80}")
+
+
+def check_scales(**scales: float) -> None:
+    """Guidance scales are finite (NaN or inf would integrate to blank images)."""
+    for name, value in scales.items():
+        if not math.isfinite(value):
+            raise ValueError(f"{name} must be a finite number, got {value}")
 
 
 class TokenizerPipeline:
@@ -189,7 +203,7 @@ class HydraPipeline(TokenizerPipeline):
         """Integrate the flow from noise of ``shape`` drawn with ``seed`` (None: the config's steps and sampler)."""
         fc = self.model.cfg.umm.flow
         x0 = torch.randn(shape, generator=self._generator(seed), device=self.device)
-        return flow.sample(velocity, x0, steps or fc.steps, sampler or fc.sampler, fc.shift, progress)
+        return flow.sample(velocity, x0, fc.steps if steps is None else steps, sampler or fc.sampler, fc.shift, progress)
 
     def _latent_shape(self, count: int, frames: int = 1) -> tuple[int, ...]:
         model = self.model
@@ -210,9 +224,9 @@ class HydraPipeline(TokenizerPipeline):
     ) -> Tensor:
         """Prompts -> latents z (B, N, c), or (B, G, N, c) for ``frames`` = G latent frames of a clip, by
         integrating the vision head's flow from noise; ``progress(step, steps)`` after every ODE step."""
-        if not prompts:
-            raise ValueError("generate needs at least one prompt")
         scale = self.model.cfg.umm.cfg_scale if cfg_scale is None else cfg_scale
+        check_texts("prompts", prompts)
+        check_scales(cfg_scale=scale)
         velocity = self.velocity_fn(list(prompts), scale, use_cache, frames)
         return self._integrate(velocity, self._latent_shape(len(prompts), frames), steps, sampler, seed, progress)
 
@@ -279,14 +293,16 @@ class HydraPipeline(TokenizerPipeline):
         guides by the instruction, ``image_cfg_scale`` by the source (defaults: umm.cfg_scale,
         umm.image_cfg_scale)."""
         self._check_video()
-        if len(images) != len(instructions) or not instructions:
+        check_texts("instructions", instructions)
+        if len(images) != len(instructions):
             raise ValueError(f"edit needs one image per instruction, got {len(images)} images, "
                              f"{len(instructions)} instructions")
         umm = self.model.cfg.umm
-        velocity = self.edit_velocity_fn(
-            list(instructions), self.model.latents(self.pixels(images)), umm.cfg_scale if cfg_scale is None else cfg_scale,
-            umm.image_cfg_scale if image_cfg_scale is None else image_cfg_scale, use_cache,
-        )
+        scales = {"cfg_scale": umm.cfg_scale if cfg_scale is None else cfg_scale,
+                  "image_cfg_scale": umm.image_cfg_scale if image_cfg_scale is None else image_cfg_scale}
+        check_scales(**scales)
+        velocity = self.edit_velocity_fn(list(instructions), self.model.latents(self.pixels(images)), *scales.values(),
+                                         use_cache)
         z = self._integrate(velocity, self._latent_shape(len(images)), steps, sampler, seed, progress)
         return to_pil(self.model.decode(z, generator=self._generator(seed + 1)))
 
@@ -336,8 +352,10 @@ class HydraPipeline(TokenizerPipeline):
         """The generated token ids of every answer, up to (not including) eos, about an image or (with
         HYDRA-X) a clip per question. ``on_token(tokens)`` receives each decoding step's (B,) ids as they
         come (eos once a row is done), for streaming."""
-        if temperature < 0:
-            raise ValueError(f"temperature must be >= 0, got {temperature}")
+        check_texts("questions", questions)
+        if not 0 <= temperature < math.inf or max_new_tokens < 1:
+            raise ValueError(f"answers need a finite temperature >= 0 and max_new_tokens >= 1, got {temperature} "
+                             f"and {max_new_tokens}")
         model, B, eos = self.model, len(questions), self.model.ids["eos"]
         frames, visual = self._understood(images, videos, B, "answer")
         generator = self._generator(seed)

@@ -264,7 +264,7 @@ class HydraTok(nn.Module):
         images = flow.sample(
             lambda x, t: self.decoder(x, t, z),
             x0,
-            steps or self.cfg.decode_steps,
+            self.cfg.decode_steps if steps is None else steps,
             sampler or self.cfg.flow.sampler,
             self.cfg.flow.shift,
         )
