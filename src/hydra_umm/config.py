@@ -3,7 +3,8 @@
 A preset is a YAML file in ``hydra_umm/configs`` (or any path) whose keys mirror :class:`Config`.
 A preset may name another one under ``base:`` and only state what differs. Overrides use dotted
 paths (``tokenizer.gen_depth=4``); values are parsed as YAML and checked against the field type.
-An unknown key is an error that lists the valid keys at that level.
+An unknown key is an error that lists the valid keys at that level; values the model code could not
+use (a width its heads do not divide, an unknown sampler, ...) are refused when the config is loaded.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import math
 import types
 import typing
 from dataclasses import dataclass, field
@@ -19,13 +21,24 @@ from typing import Any, Union
 
 import yaml
 
-from hydra_umm.train.config import TrainConfig
+from hydra_umm.train.config import ConfigError, TrainConfig, require
 
 PRESET_DIR = Path(__file__).parent / "configs"
+# What hydra_umm.flow implements (named here, where configs are checked without importing torch).
+SAMPLERS = ("euler", "heun")  # flow.sample's methods
+T_SAMPLINGS = ("logit_normal", "uniform")  # flow.sample_t's kinds
 
 
-class ConfigError(ValueError):
-    """A configuration key or value that does not fit the schema."""
+def _heads(section: Any, prefix: str, width: str, heads: str) -> None:
+    """Refuse a head count (``section.<heads>``) that does not divide its width (``section.<width>``)."""
+    w, h = getattr(section, width), getattr(section, heads)
+    require(h >= 1 and w % h == 0, prefix + heads, h, f"a divisor of {prefix}{width} = {w}")
+
+
+def _fraction(section: Any, prefix: str, *names: str) -> None:
+    """Refuse probabilities outside [0, 1]."""
+    for name in names:
+        require(0 <= getattr(section, name) <= 1, prefix + name, getattr(section, name), "in [0, 1]")
 
 
 @dataclass
@@ -38,6 +51,14 @@ class FlowConfig:
     sampler: str = "euler"  # "euler" | "heun"
     steps: int = 25
     shift: float = 1.0  # time shift (> 1 spends more steps near noise)
+
+    def check(self, prefix: str) -> None:
+        """Raise a ConfigError naming the first value :mod:`hydra_umm.flow` cannot use (keys under ``prefix``)."""
+        require(self.t_sampling in T_SAMPLINGS, prefix + "t_sampling", self.t_sampling,
+                f"one of {', '.join(T_SAMPLINGS)}")
+        require(self.sampler in SAMPLERS, prefix + "sampler", self.sampler, f"one of {', '.join(SAMPLERS)}")
+        require(self.steps >= 1, prefix + "steps", self.steps, ">= 1")
+        require(0 < self.shift < math.inf, prefix + "shift", self.shift, "a finite number > 0")
 
 
 @dataclass
@@ -78,6 +99,15 @@ class TokenizerConfig:
     lpips_weights: str = ""
     teacher_weights: str = ""
 
+    def check(self) -> None:
+        """Raise a ConfigError naming the first value the tokenizer cannot be built or run with."""
+        _heads(self, "tokenizer.", "width", "num_heads")
+        _heads(self, "tokenizer.", "decoder_width", "decoder_heads")
+        require(len(self.image_mean) == 3, "tokenizer.image_mean", self.image_mean, "3 numbers (R, G, B)")
+        require(len(self.image_std) == 3 and all(s > 0 for s in self.image_std), "tokenizer.image_std",
+                self.image_std, "3 numbers > 0 (R, G, B)")
+        self.flow.check("tokenizer.flow.")
+
 
 @dataclass
 class XTokConfig:
@@ -108,6 +138,11 @@ class LLMConfig:
     rope_theta: float = 1000000.0
     attn_implementation: str = "sdpa"
 
+    def check(self) -> None:
+        """Raise a ConfigError naming a head count that does not divide its width."""
+        _heads(self, "llm.", "hidden_size", "num_heads")
+        _heads(self, "llm.", "num_heads", "num_kv_heads")  # grouped-query attention
+
 
 @dataclass
 class UMMConfig:
@@ -128,6 +163,13 @@ class UMMConfig:
     image_cfg_scale: float = 1.5  # editing: the guidance scale of the source image (cfg_scale: of the instruction)
     max_text_len: int = 256
     flow: FlowConfig = field(default_factory=FlowConfig)  # t sampling of the vision head, T2I sampler
+
+    def check(self) -> None:
+        """Raise a ConfigError naming the first value HYDRA cannot be built or trained with."""
+        _heads(self, "umm.", "head_width", "head_heads")
+        _fraction(self, "umm.", "caption_dropout", "source_dropout")
+        require(self.max_text_len >= 1, "umm.max_text_len", self.max_text_len, ">= 1")
+        self.flow.check("umm.flow.")
 
 
 @dataclass
@@ -171,6 +213,12 @@ class HarmonConfig:
     cfg_scale: float = 3.0
     temperature: float = 1.0
 
+    def check(self) -> None:
+        """Raise a ConfigError naming the first value Harmon cannot be built or trained with."""
+        _heads(self, "harmon.", "encoder_width", "encoder_heads")
+        _heads(self, "harmon.", "decoder_width", "decoder_heads")
+        _fraction(self, "harmon.", "caption_dropout", "dropout")
+
 
 @dataclass
 class Config:
@@ -187,6 +235,12 @@ class Config:
     umm: UMMConfig = field(default_factory=UMMConfig)
     harmon: HarmonConfig = field(default_factory=HarmonConfig)  # the Harmon baseline (with `llm`)
     train: TrainConfig = field(default_factory=TrainConfig)
+
+    def check(self) -> None:
+        """Raise a ConfigError naming the first value that cannot work, before any run starts."""
+        require(self.seed >= 0, "seed", self.seed, ">= 0")
+        for section in (self.tokenizer, self.llm, self.umm, self.harmon, self.train):
+            section.check()
 
 
 # The keys of a model's config section that steer only its losses and sampling, read at run time, not
@@ -279,13 +333,27 @@ def to_dict(obj: Any) -> dict:
     return dataclasses.asdict(obj)
 
 
+def _parse(text: str, where: str, json_text: bool = False) -> Any:
+    """``text`` read as YAML (or JSON); a syntax error becomes a one-line ConfigError naming ``where``."""
+    try:
+        return json.loads(text) if json_text else yaml.safe_load(text)
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{where} is not valid JSON: {e}") from None
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        at = f" (line {mark.line + 1}, column {mark.column + 1})" if mark else ""
+        problem = getattr(e, "problem", None) or " ".join(str(e).split())
+        raise ConfigError(f"{where} is not valid YAML: {problem}{at}") from None
+
+
 def apply_overrides(cfg: Any, overrides: list[str] | tuple[str, ...]) -> Any:
-    """Apply ``a.b=value`` strings to a dataclass tree (in place) and return it."""
+    """Apply ``a.b=value`` strings to a :class:`Config` or :class:`TrainConfig` (in place), check the
+    result and return it."""
     for item in overrides:
         if "=" not in item:
             raise ConfigError(f"override {item!r} is not of the form key=value")
         key, raw = item.split("=", 1)
-        value = yaml.safe_load(raw) if raw != "" else ""
+        value = _parse(raw, f"override {item!r}") if raw != "" else ""
         node, parts = cfg, key.strip().split(".")
         for depth, part in enumerate(parts):
             names = [f.name for f in dataclasses.fields(node)]
@@ -304,6 +372,7 @@ def apply_overrides(cfg: Any, overrides: list[str] | tuple[str, ...]) -> Any:
                 if not _is_dataclass_type(tp):
                     raise ConfigError(f"{'.'.join(parts[: depth + 1])} is not a section")
                 node = getattr(node, part)
+    cfg.check()
     return cfg
 
 
@@ -318,6 +387,14 @@ def preset_names() -> list[str]:
     return sorted(p.stem for p in PRESET_DIR.glob("*.yaml"))
 
 
+def _read_file(path: Path) -> dict:
+    """The mapping of config keys in a YAML (or ``.json``) file; ``{}`` when it is empty."""
+    data = _parse(path.read_text(), str(path), json_text=path.suffix == ".json")
+    if not isinstance(data, (dict, type(None))):
+        raise ConfigError(f"{path} must hold a mapping of config keys at its top level, got {type(data).__name__}")
+    return data or {}
+
+
 def _read_preset(name_or_path: str | Path, seen: tuple[Path, ...] = ()) -> dict:
     """A preset's settings over those of its ``base`` (a preset name, or a path relative to its file)."""
     preset = PRESET_DIR / f"{name_or_path}.yaml"
@@ -326,7 +403,7 @@ def _read_preset(name_or_path: str | Path, seen: tuple[Path, ...] = ()) -> dict:
         raise ConfigError(f"no config preset {str(name_or_path)!r}; presets: {', '.join(preset_names())}")
     if path.resolve() in seen:
         raise ConfigError(f"config bases form a cycle: {' -> '.join(map(str, (*seen, path.resolve())))}")
-    data = yaml.safe_load(path.read_text()) or {}
+    data = _read_file(path)
     base = data.pop("base", None)
     if not base:
         return data
@@ -335,10 +412,8 @@ def _read_preset(name_or_path: str | Path, seen: tuple[Path, ...] = ()) -> dict:
 
 
 def load_config(name_or_path: str | Path = "tiny", overrides: list[str] | tuple[str, ...] = (), cls: type = Config):
-    """A preset name (``tiny``, ``paper``, ...) or a YAML/JSON path, then ``key=value`` overrides."""
+    """A preset name (``tiny``, ``paper``, ...) or a YAML/JSON path, then ``key=value`` overrides;
+    a ConfigError names the first key or value that does not fit."""
     path = Path(name_or_path)
-    if path.suffix == ".json":
-        data = json.loads(path.read_text())
-    else:
-        data = _read_preset(name_or_path)
+    data = _read_file(path) if path.suffix == ".json" else _read_preset(name_or_path)
     return apply_overrides(from_dict(cls, data), overrides)

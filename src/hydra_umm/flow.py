@@ -18,6 +18,8 @@ from typing import Callable, Optional
 import torch
 from torch import Tensor
 
+from hydra_umm.config import SAMPLERS, T_SAMPLINGS
+
 VelocityFn = Callable[[Tensor, Tensor], Tensor]  # (x_t, t of shape (B,)) -> v_hat
 
 
@@ -54,7 +56,7 @@ def sample_t(
         return torch.sigmoid(mean + std * torch.randn(n, generator=generator, device=device))
     if kind == "uniform":
         return torch.rand(n, generator=generator, device=device)
-    raise ValueError(f"unknown t sampling {kind!r}; use 'logit_normal' or 'uniform'")
+    raise ValueError(f"unknown t sampling {kind!r}; use one of {', '.join(T_SAMPLINGS)}")
 
 
 def shift_time(t: Tensor, shift: float) -> Tensor:
@@ -75,7 +77,6 @@ def cfg_combine(v_cond: Tensor, v_uncond: Tensor, scale: float) -> Tensor:
     return v_uncond + scale * (v_cond - v_uncond)
 
 
-SAMPLERS = ("euler", "heun")
 
 
 def sample(

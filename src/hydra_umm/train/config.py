@@ -1,13 +1,25 @@
 """Training settings shared by every recipe (tokenizer stages 1-2, HYDRA stages I-III).
 
 Plain dataclasses in the style of :mod:`hydra_umm.config`, so that they load from YAML and take
-``train.lr.llm=1e-5`` overrides through the same code.
+``train.lr.llm=1e-5`` overrides through the same code. :class:`ConfigError` and :func:`require` live
+here, below :mod:`hydra_umm.config` (which re-exports them), so that ``TrainConfig.check`` raises it too.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
-from typing import Union
+from typing import Any, Union
+
+
+class ConfigError(ValueError):
+    """A configuration key or value that does not fit the schema."""
+
+
+def require(ok: bool, key: str, value: Any, allowed: str) -> None:
+    """Raise ``ConfigError("<key> must be <allowed>, got <value>")`` unless ``ok``."""
+    if not ok:
+        raise ConfigError(f"{key} must be {allowed}, got {value!r}")
 
 
 @dataclass
@@ -31,6 +43,12 @@ class LearningRates:
             raise ValueError(f"no learning rate for component {component!r}; components: {', '.join(names)}")
         value = getattr(self, component)
         return self.default if value is None else value
+
+    def check(self) -> None:
+        """Raise a ConfigError naming the first learning rate that is set but not finite and > 0."""
+        for name, value in asdict(self).items():
+            if value is not None:
+                require(0 < value < math.inf, f"train.lr.{name}", value, "a finite number > 0")
 
 
 @dataclass
@@ -65,23 +83,21 @@ class TrainConfig:
     latent_stats_images: int = 1024  # tokenizer stage 2: training images for the latent mean/std
 
     def check(self) -> None:
-        """Raise ValueError naming the first setting that cannot work."""
+        """Raise a ConfigError naming the first setting that cannot work."""
         positive = ["steps", "batch_size", "log_every", "keep_last", "max_bad_steps", "mixture_block",
                     "latent_stats_images"]
         for name in positive:
-            if getattr(self, name) < 1:
-                raise ValueError(f"train.{name} must be >= 1, got {getattr(self, name)}")
+            require(getattr(self, name) >= 1, f"train.{name}", getattr(self, name), ">= 1")
         for name in ["warmup", "val_every", "ckpt_every", "num_workers", "grad_clip", "weight_decay"]:
-            if getattr(self, name) < 0:
-                raise ValueError(f"train.{name} must be >= 0, got {getattr(self, name)}")
-        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
-            raise ValueError(f"train.betas must be two numbers in [0, 1), got {self.betas}")
-        if self.ratios is not None and (len(self.ratios) not in (3, 7, 8) or min(self.ratios) < 0
-                                        or sum(self.ratios) <= 0):
-            raise ValueError(f"train.ratios must be 3 numbers (HYDRA-X: 7 or 8) >= 0, not all 0, got {self.ratios}")
-        if (self.clip_frames - 1) % 4 or self.clip_frames < 1:
-            raise ValueError(f"train.clip_frames must be 1 + 4k, got {self.clip_frames}")
-        if not 0 <= self.min_lr_ratio <= 1:
-            raise ValueError(f"train.min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
-        if not self.resume:
-            raise ValueError('train.resume must be "auto", "never" or a checkpoint path')
+            require(getattr(self, name) >= 0, f"train.{name}", getattr(self, name), ">= 0")  # NaN is not
+        require(len(self.betas) == 2 and all(0 <= b < 1 for b in self.betas), "train.betas", self.betas,
+                "two numbers in [0, 1)")
+        require(self.ratios is None or (len(self.ratios) in (3, 7, 8) and min(self.ratios) >= 0
+                                        and sum(self.ratios) > 0),
+                "train.ratios", self.ratios, "3 numbers (HYDRA-X: 7 or 8) >= 0, not all 0")
+        require(self.clip_frames >= 1 and (self.clip_frames - 1) % 4 == 0, "train.clip_frames", self.clip_frames,
+                "1 + 4k")
+        require(0 <= self.min_lr_ratio <= 1, "train.min_lr_ratio", self.min_lr_ratio, "in [0, 1]")
+        require(bool(self.out_dir), "train.out_dir", self.out_dir, "a folder (not empty)")
+        require(bool(self.resume), "train.resume", self.resume, '"auto", "never" or a checkpoint path')
+        self.lr.check()
