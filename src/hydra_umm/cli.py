@@ -137,6 +137,8 @@ def _answer(args: argparse.Namespace) -> None:
         frames = read_frames(args.video)
         if args.frames is not None:
             check_frame_count(args.frames)
+            if len(frames) < args.frames:
+                raise ValueError(f"{args.video} has {len(frames)} frames, fewer than --frames {args.frames}")
             frames = sample_frames(frames, args.frames)
         else:
             try:
@@ -301,6 +303,23 @@ def _serve(args: argparse.Namespace) -> None:
 # ------------------------------------------------------------------------------------ parser
 
 
+def _integer(low: int, high: int | None = None):
+    """An argparse type: an integer in [low, high] (argparse names the flag when it is not)."""
+
+    def parse(text: str) -> int:
+        value = int(text)
+        if value < low or (high is not None and value > high):
+            raise argparse.ArgumentTypeError(f"must be an integer {f'in [{low}, {high}]' if high else f'>= {low}'}, "
+                                             f"got {value}")
+        return value
+
+    parse.__name__ = "integer"  # argparse: "invalid integer value: 'abc'"
+    return parse
+
+
+COUNT, SEED, PORT = _integer(1), _integer(0, 2**63 - 1), _integer(0, 65535)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hydra-umm", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -308,12 +327,12 @@ def build_parser() -> argparse.ArgumentParser:
     shapes = sub.add_parser("shapes", help="the procedural shapes world").add_subparsers(dest="action", required=True)
     p = shapes.add_parser("make", help="render a shapes-world data set with its JSONL manifests")
     p.add_argument("--out", required=True)
-    p.add_argument("--n", type=int, default=1000, help="number of scenes")
-    p.add_argument("--size", type=int, default=64, help="image side in pixels")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--prompts-per-tag", type=int, default=50, help="GenEval-style prompts drawn per category")
+    p.add_argument("--n", type=COUNT, default=1000, help="number of scenes")
+    p.add_argument("--size", type=COUNT, default=64, help="image side in pixels")
+    p.add_argument("--seed", type=SEED, default=0)
+    p.add_argument("--prompts-per-tag", type=COUNT, default=50, help="GenEval-style prompts drawn per category")
     p.add_argument("--video", action="store_true", help="clips in motion instead of still images (--n clips)")
-    p.add_argument("--frames", type=int, default=17, help="frames per clip, 1 + 4k (with --video)")
+    p.add_argument("--frames", type=COUNT, default=17, help="frames per clip, 1 + 4k (with --video)")
     p.add_argument("--format", choices=["png", "mp4"], default="png",
                    help="a clip as a folder of PNG frames or an H.264 mp4 (with --video)")
     p.set_defaults(func=_shapes_make)
@@ -335,40 +354,40 @@ def build_parser() -> argparse.ArgumentParser:
     p = ablates.add_parser(
         "xtok", help="HYDRA-X Table 1: full/causal/tubelet attention x single/hier compression on shapes clips",
         epilog="overrides: key=value words after the flags, applied to every variant, e.g. train.batch_size=4")
-    p.add_argument("--steps", type=int, default=300, help="training steps of each variant")
+    p.add_argument("--steps", type=COUNT, default=300, help="training steps of each variant")
     p.add_argument("--out", default="runs/ablate-xtok")
     p.add_argument("--config", default="xtok-tiny", help="a preset name or a YAML file")
-    p.add_argument("--clips", type=int, default=200, help="shapes clips rendered (all splits)")
-    p.add_argument("--frames", type=int, default=9, help="frames per training and evaluation clip, 1 + 4k")
-    p.add_argument("--images", type=int, default=500, help="still shapes scenes (all splits)")
+    p.add_argument("--clips", type=COUNT, default=200, help="shapes clips rendered (all splits)")
+    p.add_argument("--frames", type=COUNT, default=9, help="frames per training and evaluation clip, 1 + 4k")
+    p.add_argument("--images", type=COUNT, default=500, help="still shapes scenes (all splits)")
     p.set_defaults(func=_ablate_xtok, takes_overrides=True)
     p = ablates.add_parser(
         "edit", help="HYDRA-X Table 3: editing with STI vs Indep at one budget on shapes edits",
         epilog="overrides: key=value words after the flags, applied to both variants, e.g. train.batch_size=8")
-    p.add_argument("--steps", type=int, default=600, help="HYDRA-X training steps of each variant")
-    p.add_argument("--tok-steps", type=int, default=600, help="training steps of the shared HYDRA-XTok")
+    p.add_argument("--steps", type=COUNT, default=600, help="HYDRA-X training steps of each variant")
+    p.add_argument("--tok-steps", type=COUNT, default=600, help="training steps of the shared HYDRA-XTok")
     p.add_argument("--out", default="runs/ablate-edit")
     p.add_argument("--config", default="hydra-x-tiny", help="a preset name or a YAML file")
-    p.add_argument("--edits", type=int, default=2000, help="training edits")
-    p.add_argument("--eval", type=int, default=70, help="held-out edits scored per variant")
-    p.add_argument("--clips", type=int, default=100, help="shapes clips the tokenizer trains on (all splits)")
-    p.add_argument("--frames", type=int, default=9, help="frames per tokenizer training clip, 1 + 4k")
-    p.add_argument("--images", type=int, default=500, help="still shapes scenes the tokenizer trains on")
+    p.add_argument("--edits", type=COUNT, default=2000, help="training edits")
+    p.add_argument("--eval", type=COUNT, default=70, help="held-out edits scored per variant")
+    p.add_argument("--clips", type=COUNT, default=100, help="shapes clips the tokenizer trains on (all splits)")
+    p.add_argument("--frames", type=COUNT, default=9, help="frames per tokenizer training clip, 1 + 4k")
+    p.add_argument("--images", type=COUNT, default=500, help="still shapes scenes the tokenizer trains on")
     p.set_defaults(func=_ablate_edit, takes_overrides=True)
 
     def model_args(p: argparse.ArgumentParser) -> None:
         p.add_argument("--model", required=True, help="a directory written by save_pretrained")
         p.add_argument("--device", default="cpu")
-        p.add_argument("--seed", type=int, default=0)
+        p.add_argument("--seed", type=SEED, default=0)
 
     p = sub.add_parser("generate", help="text-to-image, or text-to-video with --video (HYDRA-X)")
     model_args(p)
     p.add_argument("--prompt", required=True)
     p.add_argument("--out", required=True, help="an image file; with --video an .mp4 (or a folder of PNG frames)")
-    p.add_argument("--n", type=int, default=1)
+    p.add_argument("--n", type=COUNT, default=1)
     p.add_argument("--video", action="store_true", help="generate a clip (a HYDRA-X model)")
-    p.add_argument("--frames", type=int, default=17, help="frames of a clip: 1 + 4k")
-    p.add_argument("--steps", type=int, default=None)
+    p.add_argument("--frames", type=COUNT, default=17, help="frames of a clip: 1 + 4k")
+    p.add_argument("--steps", type=COUNT, default=None)
     p.add_argument("--cfg-scale", type=float, default=None)
     p.add_argument("--sampler", choices=["euler", "heun"], default=None)
     p.set_defaults(func=_generate)
@@ -378,8 +397,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--image", required=True)
     p.add_argument("--instruction", required=True)
     p.add_argument("--out", required=True)
-    p.add_argument("--n", type=int, default=1)
-    p.add_argument("--steps", type=int, default=None)
+    p.add_argument("--n", type=COUNT, default=1)
+    p.add_argument("--steps", type=COUNT, default=None)
     p.add_argument("--cfg-scale", type=float, default=None, help="instruction guidance (default umm.cfg_scale)")
     p.add_argument("--image-cfg-scale", type=float, default=None, help="source guidance (default umm.image_cfg_scale)")
     p.add_argument("--sampler", choices=["euler", "heun"], default=None)
@@ -389,10 +408,10 @@ def build_parser() -> argparse.ArgumentParser:
     model_args(p)
     p.add_argument("--image", default=None)
     p.add_argument("--video", default=None, help="a video file or a folder of frames")
-    p.add_argument("--frames", type=int, default=None,
+    p.add_argument("--frames", type=COUNT, default=None,
                    help="with --video: sample this many frames (1 + 4k) evenly; default: every frame, 1 + 4k of them")
     p.add_argument("--question", required=True)
-    p.add_argument("--max-new-tokens", type=int, default=32)
+    p.add_argument("--max-new-tokens", type=COUNT, default=32)
     p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy")
     p.set_defaults(func=_answer)
 
@@ -400,7 +419,7 @@ def build_parser() -> argparse.ArgumentParser:
     model_args(p)
     p.add_argument("--image", required=True)
     p.add_argument("--out", required=True)
-    p.add_argument("--steps", type=int, default=None)
+    p.add_argument("--steps", type=COUNT, default=None)
     p.set_defaults(func=_reconstruct)
 
     evaluate = sub.add_parser("eval", help="evaluation: metrics, alignment and the HTML report").add_subparsers(
@@ -409,19 +428,19 @@ def build_parser() -> argparse.ArgumentParser:
     model_args(p)
     p.add_argument("--images", required=True, help="an image folder or a JSONL manifest (with --frames: of clips)")
     p.add_argument("--inception-weights", default=None, help="local pt_inception-2015-12-05 weights for rFID")
-    p.add_argument("--frames", type=int, default=None,
+    p.add_argument("--frames", type=COUNT, default=None,
                    help="clips of this many frames (1 + 4k) through a HYDRA-XTok model: per-frame PSNR/SSIM, rFVD")
     p.add_argument("--i3d-weights", default=None, help="local i3d_torchscript.pt for rFVD (with --frames)")
-    p.add_argument("--limit", type=int, default=None, help="use the first N images")
-    p.add_argument("--steps", type=int, default=None, help="decoder ODE steps")
+    p.add_argument("--limit", type=COUNT, default=None, help="use the first N images")
+    p.add_argument("--steps", type=COUNT, default=None, help="decoder ODE steps")
     p.add_argument("--out", default=None, help="also write the result as JSON here")
     p.set_defaults(func=_eval_recon)
     p = evaluate.add_parser("cknna", help="CKNNA: tokenizer layers vs teacher, generation vs understanding")
     model_args(p)
     p.add_argument("--images", required=True, help="an image folder or a JSONL manifest")
-    p.add_argument("--k", type=int, default=10, help="nearest neighbours")
+    p.add_argument("--k", type=COUNT, default=10, help="nearest neighbours")
     p.add_argument("--t", type=float, default=0.5, help="flow time of the generation branch's noised latent")
-    p.add_argument("--limit", type=int, default=256)
+    p.add_argument("--limit", type=COUNT, default=256)
     p.add_argument("--out", default=None, help="also write the result as JSON here")
     p.add_argument("--plot", default=None, help="a PNG of t-SNE maps coloured by class (needs a shapes manifest)")
     p.set_defaults(func=_eval_cknna)
@@ -432,7 +451,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--images", default=None, help="images to reconstruct (folder or manifest)")
     p.add_argument("--metadata", default=None, help="GenEval-style prompt metadata to generate from")
     p.add_argument("--manifest", default=None, help="a manifest whose questions are answered")
-    p.add_argument("--limit", type=int, default=8)
+    p.add_argument("--limit", type=COUNT, default=8)
     p.set_defaults(func=_eval_report)
 
     p = sub.add_parser("bench", help="speed benchmarks, as ratios against references measured in the same run")
@@ -450,9 +469,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", default=None, help=f"a saved model directory (default: the demo's, {DEMO_MODEL})")
     p.add_argument("--device", default="cpu")
     p.add_argument("--host", default="127.0.0.1", help="the address to bind; only this machine by default")
-    p.add_argument("--port", type=int, default=7860)
-    p.add_argument("--queue-depth", type=int, default=4, help="requests that may wait for the model; more get 503")
-    p.add_argument("--max-image-bytes", type=int, default=4 << 20, help="the largest image a request may send")
+    p.add_argument("--port", type=PORT, default=7860)
+    p.add_argument("--queue-depth", type=COUNT, default=4, help="requests that may wait for the model; more get 503")
+    p.add_argument("--max-image-bytes", type=COUNT, default=4 << 20, help="the largest image a request may send")
     p.set_defaults(func=_serve)
 
     p = sub.add_parser("demo", help="the main job on the embedded shapes world")
@@ -491,7 +510,8 @@ def main(argv: list[str] | None = None) -> None:
 
     try:
         args.func(args)
-    except (ConfigError, FileNotFoundError, ValueError, UnreadableImage, TrainingError) as e:
+    except (ConfigError, FileNotFoundError, FileExistsError, NotADirectoryError, ValueError, UnreadableImage,
+            TrainingError) as e:
         print(f"hydra-umm: error: {e}", file=sys.stderr)
         sys.exit(2)
 

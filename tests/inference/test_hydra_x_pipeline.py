@@ -143,6 +143,10 @@ def test_the_cli_edits_generates_clips_and_answers_about_clips(pipe, tmp_path, c
     cli.main(["answer", "--model", str(model_dir), "--video", str(tmp_path / "eight.mp4"), "--frames", "5",
               "--question", "what moves?", "--max-new-tokens", "4"])
     assert capsys.readouterr().out.strip()
+    with pytest.raises(SystemExit):  # not by repeating frames
+        cli.main(["answer", "--model", str(model_dir), "--video", str(tmp_path / "eight.mp4"), "--frames", "9",
+                  "--question", "?"])
+    assert "has 8 frames, fewer than --frames 9" in capsys.readouterr().err
     (tmp_path / "broken.mp4").write_bytes(b"not a video")
     with pytest.raises(SystemExit):
         cli.main(["answer", "--model", str(model_dir), "--video", str(tmp_path / "broken.mp4"), "--question", "?"])

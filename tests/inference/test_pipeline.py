@@ -157,6 +157,20 @@ def test_cli_generate_answer_reconstruct_end_to_end(pipe, images, tmp_path, caps
     with pytest.raises(SystemExit):  # a clear error, not a traceback
         cli.main(["answer", "--model", str(model_dir), "--image", str(tmp_path / "notes.png"), "--question", "?"])
     assert "notes.png: UnidentifiedImageError" in capsys.readouterr().err
+    model = ["--model", str(model_dir)]
+    for flags, message in [(["generate", *model, "--prompt", "a", "--out", str(out), "--steps", "0"],
+                            "argument --steps: must be an integer >= 1, got 0"),
+                           (["generate", *model, "--prompt", "a", "--out", str(out), "--seed", str(2**64)],
+                            "argument --seed: must be an integer in [0, 9223372036854775807]"),
+                           (["answer", *model, "--image", str(image_path), "--question", "?", "--device", "gpu0"],
+                            "unknown device 'gpu0'")]:
+        with pytest.raises(SystemExit):
+            cli.main(flags)
+        assert message in capsys.readouterr().err
+    if not torch.cuda.is_available():
+        with pytest.raises(SystemExit):
+            cli.main(["answer", *model, "--image", str(image_path), "--question", "?", "--device", "cuda"])
+        assert "no CUDA GPU is visible" in capsys.readouterr().err
 
 
 def test_loglikelihood_matches_the_training_loss_and_knows_greedy_answers(pipe, images):

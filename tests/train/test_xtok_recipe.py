@@ -164,9 +164,11 @@ def test_alternating_stream_resumes_where_it_stopped():
     assert [next(resumed) for _ in range(3)] == expected == [502, 3, 503]
 
 
-def test_clips_are_cut_to_train_clip_frames_or_the_shortest_clip(clips):
+def test_clips_are_cut_to_train_clip_frames_or_the_shortest_clip(clips, caplog):
     assert _clip_dataset([clips["train"]], 32, "train", frames=1)[0]["image"].shape == (3, 1, 32, 32)
+    assert not caplog.records
     assert _clip_dataset([clips["train"]], 32, "train", frames=17)[0]["image"].shape == (3, FRAMES, 32, 32)
+    assert f"fewer than train.clip_frames = 17: the tokenizer trains on clips of {FRAMES} frames" in caplog.text
 
 def test_bad_stage_init_and_data_are_clear(clips):
     with pytest.raises(ValueError, match="stages 1, 2, 3"):

@@ -463,6 +463,12 @@ def load_pipeline(directory: str | Path, device: str | torch.device = "cpu") -> 
     directory = Path(directory)
     if not directory.is_dir():
         raise FileNotFoundError(f"model directory not found: {directory}")
+    try:
+        device = torch.device(device)
+    except RuntimeError:
+        raise ValueError(f"unknown device {device!r}: cpu, cuda, cuda:<index>, ...") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device} asked for, but no CUDA GPU is visible here")
     if HarmonModel.is_pretrained(directory):
         return HarmonPipeline.from_pretrained(directory, device)
     kind = HydraPipeline if (directory / "llm").is_dir() else TokenizerPipeline

@@ -458,6 +458,9 @@ def _clip_dataset(manifests: Sequence[str], image_size: int, split: str, frames:
         if any("frames" not in r for r in chosen):
             raise ValueError(f"{path}: clip records need their frame count under 'frames'")
         shortest = 1 + 4 * ((min(int(r["frames"]) for r in chosen) - 1) // 4)
+        if shortest < frames:
+            log.warning("%s: its %s clips have as few as %d frames, fewer than train.clip_frames = %d: the "
+                        "tokenizer trains on clips of %d frames", path, split, shortest, frames, shortest)
         parts.append(ClipDataset.from_manifest(path, "t2i", image_size, min(frames, shortest), split))
     if len({part.frames for part in parts}) > 1:
         raise ValueError(f"clip manifests of different lengths {sorted({part.frames for part in parts})} frames: "
