@@ -22,7 +22,8 @@ from hydra_umm.data.datasets import (
 from hydra_umm.data.manifest import read_manifest, write_manifest
 from hydra_umm.data.mixture import MixtureDataset, TaskMixture, shard_stream, skipped_count
 from hydra_umm.data.shapes import make_dataset
-from hydra_umm.data.transforms import ImageTransform, to_pil
+from hydra_umm.data.manifest import ManifestError
+from hydra_umm.data.transforms import ImageTransform, to_pil, to_tensor
 
 S = 8  # model image size in these tests
 
@@ -74,6 +75,35 @@ def test_to_pil_inverts_the_transform_at_model_size():
     np.testing.assert_array_equal(np.asarray(back), pixels)
     with pytest.raises(ValueError, match="shape"):
         to_pil(torch.zeros(2, 1, S, S))
+
+
+@pytest.mark.parametrize("mode, top", [("I;16", 65535), ("I;16B", 65535), ("I", 65535), ("F", 1.0)])
+def test_high_bit_depth_grayscale_is_scaled_to_8_bits_not_clipped(tmp_path, mode, top):
+    ramp = np.linspace(0, 1, 256)[None].repeat(4, axis=0)  # a left-to-right gradient, black to white
+    expected = (ramp * 255).round().astype(np.uint8)
+    if mode == "F":
+        image = Image.fromarray(ramp.astype(np.float32))
+    elif mode == "I;16B":  # big-endian 16 bits (PIL's convert to it clips at 255)
+        image = Image.frombytes(mode, (256, 4), (ramp * top).round().astype(">u2").tobytes())
+    else:
+        image = Image.fromarray((ramp * top).round().astype(np.uint16)).convert(mode)
+    assert image.mode == mode
+    for rgb in [load_image(image), to_pil(to_tensor(image))[0], to_pil(ImageTransform(4)(image.resize((4, 4))))[0]]:
+        pixels = np.asarray(rgb)
+        assert pixels.shape[-1] == 3 and (pixels[..., 0] == pixels[..., 2]).all()
+        assert pixels.min() < 64 and pixels.max() > 192  # dark to light, not all white
+    np.testing.assert_array_equal(np.asarray(load_image(image))[..., 0], expected)
+
+
+def test_a_16_bit_png_on_disk_loads_as_its_gradient(tmp_path):
+    ramp = np.arange(0, 65536, 257, dtype=np.uint16)[None].repeat(256, axis=0)  # 0, 257, ..., 65535: 8-bit 0..255
+    Image.fromarray(ramp).save(tmp_path / "deep.png")
+    with Image.open(tmp_path / "deep.png") as raw:
+        assert raw.mode == "I;16"
+    np.testing.assert_array_equal(np.asarray(load_image(tmp_path / "deep.png"))[0, :, 1], np.arange(256))
+    (item,) = RecordDataset.from_folder(tmp_path, "t2i", S)
+    row = item["image"][0, S // 2]
+    assert row[0] < -0.8 and row[-1] > 0.8 and (row.diff() > 0).all()  # dark to light, as drawn
 
 
 # ---------------------------------------------------------------------------------- unreadable
@@ -153,6 +183,23 @@ def test_manifest_tasks_make_the_right_items(image_dir, tmp_path):
         RecordDataset(records, "vqa", S)
 
 
+def test_a_caption_file_that_is_not_utf8_is_named(tmp_path):
+    solid(RED).save(tmp_path / "a.png")
+    (tmp_path / "a.txt").write_bytes(b"\xff\xfe a red card")
+    with pytest.raises(ValueError, match=r"a\.txt: the caption is not UTF-8"):
+        RecordDataset.from_folder(tmp_path, "t2i", S)
+
+
+def test_a_manifest_without_records_of_the_split_says_so(tmp_path):
+    solid(RED).save(tmp_path / "a.png")
+    write_manifest([{"image": "a.png", "caption": "x", "split": "val"}], tmp_path / "m.jsonl")
+    with pytest.raises(ValueError, match=r"m\.jsonl: no records in split 'train'"):
+        RecordDataset.from_manifest(tmp_path / "m.jsonl", "t2i", S, split="train")
+    (tmp_path / "empty.jsonl").write_text("\n")
+    with pytest.raises(ManifestError, match=r"empty\.jsonl: the manifest holds no records"):
+        RecordDataset.from_manifest(tmp_path / "empty.jsonl", "t2i", S)
+
+
 # ----------------------------------------------------------------------------- LLaVA conversations
 
 
@@ -195,6 +242,19 @@ def test_llava_format_errors_name_the_record(tmp_path, record, message):
     with pytest.raises(ValueError, match=message) as info:
         ConversationDataset(path, tmp_path, S)
     assert "id 'x'" in str(info.value)
+
+
+@pytest.mark.parametrize("data, message", [
+    (b'[{"id": "x", "conversations": [', r"bad\.json: not valid JSON \(Expecting value at line 1"),
+    (b'[{"id": "\xff"}]', r"bad\.json: not UTF-8 text"),
+    (b'[{"id": "x", "conversations": [{"from": "human", "value": "hi \\ud800"}, {"from": "gpt", "value": "a"}]}]',
+     r"bad\.json: conversation 0 \(id 'x'\): holds a lone surrogate '\\ud800'"),
+])
+def test_an_unreadable_llava_file_is_named(tmp_path, data, message):
+    path = tmp_path / "bad.json"
+    path.write_bytes(data)
+    with pytest.raises(ValueError, match=message):
+        ConversationDataset(path, tmp_path, S)
 
 
 # -------------------------------------------------------------------------------------- shards

@@ -63,3 +63,24 @@ def test_split_records_keeps_a_split_and_counts_an_unsplit_manifest_as_train():
     assert split_records(named, None) == named
     unsplit = [{"id": "a"}, {"id": "b"}]
     assert split_records(unsplit, "train") == unsplit and split_records(unsplit, "val") == []
+
+
+@pytest.mark.parametrize("data, message", [
+    (b'{"image": "a.png", "caption": "x"}\n{"image": "b.png", "caption": "\xff"}\n', r"m\.jsonl:2: not UTF-8 text"),
+    (b'{"image": "a.png", "caption": "a \\ud800 b"}\n', r"m\.jsonl:1: holds a lone surrogate '\\ud800'"),
+    (b"", r"m\.jsonl: the manifest holds no records"),
+    (b"\n  \n", r"m\.jsonl: the manifest holds no records"),
+])
+def test_unreadable_text_and_empty_manifests_are_named(tmp_path, data, message):
+    path = tmp_path / "m.jsonl"
+    path.write_bytes(data)
+    with pytest.raises(ManifestError, match=message):
+        read_manifest(path)
+
+
+def test_write_refuses_a_lone_surrogate_before_touching_the_file(tmp_path):
+    path = write_manifest([{"image": "a.png", "caption": "kept"}], tmp_path / "m.jsonl")
+    before = path.read_bytes()
+    with pytest.raises(ManifestError, match=r"m\.jsonl:2: holds a lone surrogate"):
+        write_manifest([{"image": "a.png", "caption": "fine"}, {"image": "b.png", "caption": "x\ud800"}], path)
+    assert path.read_bytes() == before

@@ -3,6 +3,7 @@ manifests go back through the project's loader (read_manifest)."""
 
 import json
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -98,3 +99,38 @@ def test_bad_arguments_exit_with_a_clear_message(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["shapes", "score", "--images", str(tmp_path), "--metadata", str(tmp_path / "none.jsonl")])
     assert "metadata file not found" in capsys.readouterr().err
+
+
+def contents(folder) -> dict:
+    return {p.relative_to(folder): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_make_over_another_data_set_or_other_files_refuses_and_keeps_them(dataset, tmp_path, capsys):
+    kept = contents(dataset)
+    with pytest.raises(SystemExit) as e:
+        main(["shapes", "make", "--out", str(dataset), "--n", "8", "--size", str(SIZE), "--seed", "3"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and f"{dataset} already holds another shapes data set (scenes={N}," in err
+    assert "asked for scenes=8," in err and "remove it or choose another folder" in err
+    other = tmp_path / "notes"
+    other.mkdir()
+    (other / "notes.txt").write_text("mine")
+    with pytest.raises(SystemExit):
+        make(other)
+    assert "not empty and holds no shapes data set" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        make(other / "notes.txt")
+    assert "notes.txt is a file, not a folder" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        make(other / "notes.txt" / "sub")
+    assert "cannot make the folder" in capsys.readouterr().err
+    assert contents(dataset) == kept and contents(other) == {Path("notes.txt"): b"mine"}
+
+
+def test_the_same_request_is_made_again_in_place(dataset, tmp_path):
+    kept = contents(dataset)
+    make(dataset)  # the same settings: the same files, none left over
+    assert contents(dataset) == kept
+    (dataset / "summary.json").unlink()  # as if the first write had been interrupted
+    make(dataset)
+    assert contents(dataset) == kept

@@ -161,7 +161,7 @@ def test_load_clips_from_folders_and_manifests(made, frames, tmp_path):
         load_clips(image_manifest, FRAMES)
 
 
-def test_a_clip_data_set_of_the_same_settings_is_reused(tmp_path):
+def test_a_clip_data_set_of_the_same_settings_is_reused_and_no_other_overwrites_it(tmp_path):
     from hydra_umm.data.shapes import make_clip_dataset
 
     first = make_clip_dataset(tmp_path, n=6, frames=FRAMES, size=SIZE, seed=2)
@@ -169,5 +169,10 @@ def test_a_clip_data_set_of_the_same_settings_is_reused(tmp_path):
     written = manifest.stat().st_mtime_ns
     assert make_clip_dataset(tmp_path, n=6, frames=FRAMES, size=SIZE, seed=2, reuse=True) == first
     assert manifest.stat().st_mtime_ns == written  # nothing rendered again
-    other = make_clip_dataset(tmp_path, n=6, frames=FRAMES, size=SIZE, seed=3, reuse=True)  # another seed: rendered
-    assert other["seed"] == 3 and manifest.stat().st_mtime_ns != written
+    (tmp_path / "request.json").unlink()  # a data set made before requests were recorded: its summary says
+    assert make_clip_dataset(tmp_path, n=6, frames=FRAMES, size=SIZE, seed=2, reuse=True) == first
+    for seed, reuse in [(3, True), (3, False)]:
+        with pytest.raises(ValueError, match=rf"{tmp_path} already holds another shapes data set \(clips=6, "
+                                             rf"frames={FRAMES}, size={SIZE}, seed=2, format=png; asked for .*seed=3"):
+            make_clip_dataset(tmp_path, n=6, frames=FRAMES, size=SIZE, seed=seed, reuse=reuse)
+    assert manifest.stat().st_mtime_ns == written and json.loads((tmp_path / "summary.json").read_text()) == first

@@ -23,16 +23,42 @@ def test_metrics_of_a_noisy_reconstructor(shapes_like_images, make_fake_pipeline
     folder = shapes_like_images[0].parent
     pipeline = make_fake_pipeline(noise=8.0)
     result = evaluate_reconstruction(pipeline, folder, batch_size=4, seed=5)
-    assert set(result) == {"n", "psnr", "ssim"}  # no Inception weights, no rFID
+    assert set(result) == {"n", "skipped", "psnr", "ssim"}  # no Inception weights, no rFID
     originals = load_images(folder)
     recons = make_fake_pipeline(noise=8.0).reconstruct(originals[:4], seed=5) + \
         make_fake_pipeline(noise=8.0).reconstruct(originals[4:], seed=5)
     expected = np.mean([peak_signal_noise_ratio(np.asarray(o), np.asarray(r), data_range=255)
                         for o, r in zip(originals, recons)])
     assert result["psnr"] == pytest.approx(expected, abs=1e-3)  # uint8 [0, 255] and [-1, 1] agree
-    assert 0 < result["ssim"] < 1 and result["n"] == 6
+    assert 0 < result["ssim"] < 1 and result["n"] == 6 and result["skipped"] == 0
     assert [c[0] for c in pipeline.calls] == ["reconstruct", "reconstruct"]
     assert evaluate_reconstruction(pipeline, originals, limit=2)["n"] == 2  # images in memory too
+
+
+def test_unreadable_images_in_a_manifest_are_skipped_and_counted(shapes_like_images, make_fake_pipeline, tmp_path,
+                                                                caplog):
+    data = shapes_like_images[0].read_bytes()
+    (tmp_path / "truncated.png").write_bytes(data[: len(data) // 2])
+    (tmp_path / "text.png").write_text("not an image")
+    paths = [shapes_like_images[0], tmp_path / "truncated.png", *shapes_like_images[1:3], tmp_path / "text.png"]
+    manifest = tmp_path / "m.jsonl"
+    manifest.write_text("".join(json.dumps({"image": str(p), "caption": "c"}) + "\n" for p in paths))
+    with caplog.at_level("WARNING"):
+        result = evaluate_reconstruction(make_fake_pipeline(), manifest)
+    assert (result["n"], result["skipped"]) == (3, 2)
+    assert sum("truncated.png" in r.message for r in caplog.records) == 1
+    kept = load_images(manifest, limit=2)  # the limit counts readable images
+    assert all(np.array_equal(np.asarray(im), np.asarray(Image.open(p))) for im, p in zip(kept, shapes_like_images))
+    assert len(kept) == 2
+    (tmp_path / "bad.jsonl").write_text(json.dumps({"image": str(tmp_path / "text.png"), "caption": "c"}) + "\n")
+    with pytest.raises(ValueError, match=r"none of the 1 images in .*bad\.jsonl is readable"):
+        evaluate_reconstruction(make_fake_pipeline(), tmp_path / "bad.jsonl")
+
+
+def test_a_16_bit_image_is_read_as_its_gradient(tmp_path):
+    Image.fromarray(np.arange(0, 65536, 257, dtype=np.uint16)[None].repeat(4, axis=0)).save(tmp_path / "deep.png")
+    (image,) = load_images(tmp_path)
+    np.testing.assert_array_equal(np.asarray(image)[0, :, 0], np.arange(256))
 
 
 def test_missing_inception_file_fails_before_reconstructing(shapes_like_images, fake_pipeline, tmp_path):

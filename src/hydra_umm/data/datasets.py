@@ -30,10 +30,10 @@ import webdataset as wds
 from PIL import Image
 from torch.utils.data import Dataset, IterableDataset
 
-from hydra_umm.data.manifest import read_manifest, split_records
+from hydra_umm.data.manifest import check_text, read_manifest, split_records
 from hydra_umm.data.shapes import render
 from hydra_umm.data.shapes.writer import indexed_splits, scene_record
-from hydra_umm.data.transforms import IMAGE_EXTENSIONS, ImageTransform
+from hydra_umm.data.transforms import IMAGE_EXTENSIONS, ImageTransform, to_rgb
 
 log = logging.getLogger(__name__)
 
@@ -55,16 +55,24 @@ class UnreadableImage(Exception):
 
 
 def load_image(source: Union[str, Path, bytes, Image.Image], name: str = "") -> Image.Image:
-    """Decode a path, raw bytes or PIL image fully into RGB; raise :class:`UnreadableImage`."""
+    """Decode a path, raw bytes or PIL image fully into 8-bit RGB (:func:`to_rgb`); raise :class:`UnreadableImage`."""
     if isinstance(source, Image.Image):
-        return source.convert("RGB")
+        return to_rgb(source)
     name = name or (str(source) if not isinstance(source, bytes) else "<bytes>")
     try:
         with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as image:
             image.load()  # decode now: a truncated file fails here, not in the transform
-            return image.convert("RGB")
+            return to_rgb(image)
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
         raise UnreadableImage(name, f"{type(e).__name__}: {e}") from None
+
+
+def read_caption(path: Path) -> str:
+    """The stripped UTF-8 text of a caption file; ValueError naming the file when it is not UTF-8."""
+    try:
+        return path.read_text(encoding="utf-8").strip()
+    except UnicodeDecodeError as e:
+        raise ValueError(f"{path}: the caption is not UTF-8 text ({e.reason} at byte {e.start})") from None
 
 
 class SkipCounter:
@@ -169,8 +177,8 @@ class RecordDataset(ImageItemDataset):
 
     @classmethod
     def from_folder(cls, root: Union[str, Path], task: str, image_size: int):
-        """Every image under ``root`` (recursively); its caption is the text of the file with the
-        same stem and suffix ``.txt`` beside it, or "" when there is none (tokenizer data)."""
+        """Every image under ``root`` (recursively); its caption is the text (UTF-8) of the file with
+        the same stem and suffix ``.txt`` beside it, or "" when there is none (tokenizer data)."""
         root = Path(root)
         if not root.is_dir():
             raise FileNotFoundError(f"image folder not found: {root}")
@@ -180,7 +188,7 @@ class RecordDataset(ImageItemDataset):
         records = []
         for p in paths:
             text = p.with_suffix(".txt")
-            records.append({"image": str(p), "caption": text.read_text().strip() if text.is_file() else ""})
+            records.append({"image": str(p), "caption": read_caption(text) if text.is_file() else ""})
         return cls(records, task, image_size)
 
     def __len__(self) -> int:
@@ -244,13 +252,19 @@ class ConversationDataset(ImageItemDataset):
         path, self.image_root = Path(path), Path(image_root)
         if not path.is_file():
             raise FileNotFoundError(f"conversation file not found: {path}")
-        data = json.loads(path.read_text(encoding="utf-8"))
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except UnicodeDecodeError as e:
+            raise ValueError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start})") from None
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}: not valid JSON ({e.msg} at line {e.lineno}, column {e.colno})") from None
         if not isinstance(data, list):
             raise ValueError(f"{path}: expected a JSON list of conversations, got {type(data).__name__}")
         self.records: list[tuple[str | None, list[str]]] = []  # (image path, turn texts)
         self.index: list[tuple[int, int]] = []  # (record, index of the gpt turn)
         for n, record in enumerate(data):
             where = f"{path}: conversation {n} (id {record.get('id', '?')!r})" if isinstance(record, dict) else f"{path}: entry {n}"
+            check_text(record, where)
             image, turns = self._parse(record, where)
             self.index += [(len(self.records), k) for k in range(1, len(turns), 2)]
             self.records.append((image, turns))

@@ -7,7 +7,8 @@ One JSON object per line::
      "scene": {...}, "split": "train" | "val" | "test" | "heldout"}
 
 Only ``image`` and ``caption`` are required. ``read_manifest`` returns the records with ``image``
-resolved to an absolute path; it knows nothing of tensors.
+resolved to an absolute path; it knows nothing of tensors. Text is UTF-8: a lone surrogate (an escape
+such as ``"\\ud800"`` that UTF-8 cannot hold) is refused like any other malformed record.
 """
 
 from __future__ import annotations
@@ -54,15 +55,19 @@ def split_records(records: list[dict], split: str | None) -> list[dict]:
 def read_manifest(path: str | Path) -> list[dict]:
     """Read a JSONL manifest; ``image`` and (in clip manifests) ``video`` become absolute paths
     (relative ones are resolved against the manifest's folder). Blank lines are skipped. Raises
-    ``ManifestError`` naming the file and line of any malformed record, and ``FileNotFoundError`` if
-    the file is missing."""
+    ``ManifestError`` naming the file and line of any malformed record (or the file, when it holds
+    no record), and ``FileNotFoundError`` if the file is missing."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"manifest not found: {path}")
     root = path.resolve().parent
     records = []
-    with path.open("r", encoding="utf-8") as f:
-        for lineno, line in enumerate(f, start=1):
+    with path.open("rb") as f:
+        for lineno, data in enumerate(f, start=1):
+            try:
+                line = data.decode("utf-8")
+            except UnicodeDecodeError as e:
+                raise ManifestError(f"{path}:{lineno}: not UTF-8 text ({e.reason} at byte {e.start})") from None
             if not line.strip():
                 continue
             try:
@@ -75,7 +80,19 @@ def read_manifest(path: str | Path) -> list[dict]:
                     place = Path(os.path.expanduser(record[key]))
                     record[key] = str(place if place.is_absolute() else root / place)
             records.append(record)
+    if not records:
+        raise ManifestError(f"{path}: the manifest holds no records")
     return records
+
+
+def check_text(value: object, where: str) -> None:
+    """Raise ``ManifestError`` naming ``where`` when a JSON value holds text that is not valid
+    Unicode: a lone surrogate, which a JSON escape can carry but UTF-8 cannot."""
+    try:
+        json.dumps(value, ensure_ascii=False, default=str).encode("utf-8")
+    except UnicodeEncodeError as e:
+        surrogate = e.object[e.start : e.end]
+        raise ManifestError(f"{where}: holds a lone surrogate {surrogate!r}, not valid Unicode text") from None
 
 
 def _validate(record: object, path: Path, lineno: int) -> None:
@@ -89,6 +106,7 @@ def _validate(record: object, path: Path, lineno: int) -> None:
         raise ManifestError(f"{where}: 'image' must be a non-empty path string")
     if not isinstance(record["caption"], str):
         raise ManifestError(f"{where}: 'caption' must be a string")
+    check_text(record, where)
     if "split" in record and record["split"] not in SPLITS:
         raise ManifestError(f"{where}: 'split' must be one of {SPLITS}, got {record['split']!r}")
     for j, qa in enumerate(record.get("qa", [])):

@@ -15,11 +15,25 @@ from PIL import Image
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")  # image files the loaders pick up
 
 
+def to_rgb(image: Image.Image) -> Image.Image:
+    """An 8-bit RGB image. Integer grayscale of more than 8 bits (modes "I;16*" and "I", as PIL reads
+    16-bit PNG and TIFF) is scaled from 0..65535 and float grayscale ("F") from 0..1; PIL's own
+    ``convert("RGB")`` would clip them at 255 (all white)."""
+    if image.mode == "F":
+        scale = 255.0
+    elif image.mode == "I" or image.mode.startswith("I;16"):
+        scale = 1 / 257
+    else:
+        return image.convert("RGB")
+    pixels = np.clip(np.asarray(image, dtype=np.float64) * scale, 0, 255).round().astype(np.uint8)
+    return Image.fromarray(pixels).convert("RGB")
+
+
 def resize_crop(image: Image.Image, size: int) -> Image.Image:
     """An RGB image whose shorter side is resized to ``size`` (bicubic) and centre-cropped square."""
     if size <= 0:
         raise ValueError(f"image size must be positive, got {size}")
-    image = image.convert("RGB")
+    image = to_rgb(image)
     w, h = image.size
     if (w, h) == (size, size):
         return image
@@ -34,7 +48,7 @@ def to_tensor(images: Image.Image | Sequence[Image.Image]) -> torch.Tensor:
     """One RGB image -> (3, H, W), or a sequence of images of one size -> (B, 3, H, W), in [-1, 1]."""
     if isinstance(images, Image.Image):
         return to_tensor([images])[0]
-    arrays = np.stack([np.asarray(im.convert("RGB"), dtype=np.float32) for im in images])
+    arrays = np.stack([np.asarray(to_rgb(im), dtype=np.float32) for im in images])
     return torch.from_numpy(arrays).permute(0, 3, 1, 2) / 127.5 - 1.0
 
 

@@ -1,6 +1,7 @@
 """Reconstruction evaluation: PSNR, SSIM and rFID of a pipeline's ``reconstruct`` over an image set.
 
-Images come from a folder (sorted file names) or a JSONL manifest (``data.manifest``), are
+Images come from a folder (sorted file names) or a JSONL manifest (``data.manifest``); one that
+cannot be decoded is skipped and counted (``"skipped"`` in the result), as in training. They are
 resized (shorter side) and centre-cropped to ``size`` when given (the paper evaluates ImageNet-1K
 val and COCO 2017 at the model's input size), reconstructed with
 ``pipeline.reconstruct(images, steps=, seed=) -> list[PIL.Image]``, and compared in [-1, 1].
@@ -18,12 +19,14 @@ from typing import Any, Sequence
 import torch
 from PIL import Image
 
+from hydra_umm.data.datasets import SkipCounter, UnreadableImage, load_image
 from hydra_umm.data.manifest import read_manifest
 from hydra_umm.data.transforms import IMAGE_EXTENSIONS, resize_crop, to_tensor, to_uint8
 from hydra_umm.data.video import load_clips
 from hydra_umm.eval.frechet import load_inception, rfid
 from hydra_umm.eval.fvd import clip_reconstruction_metrics, load_i3d
 from hydra_umm.eval.metrics import psnr, ssim
+
 
 def image_paths(source: str | Path) -> list[Path]:
     """Image files of a folder (sorted) or the ``image`` paths of a JSONL manifest."""
@@ -39,9 +42,22 @@ def image_paths(source: str | Path) -> list[Path]:
     return paths
 
 
-def load_images(source: str | Path, size: int | None = None, limit: int | None = None) -> list[Image.Image]:
-    """RGB images from a folder or manifest, optionally cropped to ``size``."""
-    images = [Image.open(p).convert("RGB") for p in image_paths(source)[:limit]]
+def load_images(source: str | Path, size: int | None = None, limit: int | None = None,
+                skips: SkipCounter | None = None) -> list[Image.Image]:
+    """The first ``limit`` readable images (RGB, :func:`load_image`) of a folder or manifest,
+    optionally cropped to ``size``. Unreadable ones are skipped, logged and counted in ``skips``;
+    ValueError when none is readable."""
+    skips = SkipCounter() if skips is None else skips
+    paths, images = image_paths(source), []
+    for path in paths:
+        if limit is not None and len(images) >= limit:
+            break
+        try:
+            images.append(load_image(path))
+        except UnreadableImage as e:
+            skips.add(e)
+    if not images and limit != 0:
+        raise ValueError(f"none of the {len(paths)} images in {source} is readable")
     return [resize_crop(im, size) for im in images] if size else images
 
 
@@ -74,17 +90,19 @@ def evaluate_reconstruction(
 ) -> dict[str, float]:
     """Mean PSNR (dB), mean SSIM and, when ``inception_weights`` is given, rFID over an image set.
 
-    ``source``: a folder, a JSONL manifest or a list of PIL images. Without Inception weights the
+    ``source``: a folder, a JSONL manifest or a list of PIL images. ``n`` counts the images compared,
+    ``skipped`` the unreadable files passed over (:func:`load_images`). Without Inception weights the
     result has no ``"rfid"`` key; a path that does not exist raises ``FileNotFoundError``.
     """
     net = load_inception(inception_weights) if inception_weights is not None else None  # fail before sampling
+    skips = SkipCounter()
     if isinstance(source, (str, Path)):
-        images = load_images(source, size, limit)
+        images = load_images(source, size, limit, skips)
     else:
         images = [resize_crop(im, size) for im in source[:limit]] if size else list(source[:limit])
     originals = to_tensor(images)
     recons = to_tensor(reconstruct(pipeline, images, batch_size, steps, seed))
-    result = {"n": float(len(images)), "psnr": psnr(originals, recons).mean().item(),
+    result = {"n": float(len(images)), "skipped": float(skips.count), "psnr": psnr(originals, recons).mean().item(),
               "ssim": ssim(originals, recons).mean().item()}
     if net is not None:
         result["rfid"] = rfid(net, originals, recons, batch_size)

@@ -41,7 +41,7 @@ from hydra_umm.data.shapes.questions import multiple_choice, qa_item
 from hydra_umm.data.shapes.render import render
 from hydra_umm.data.shapes.scorer import Detection, detect
 from hydra_umm.data.shapes.world import BORDER, COLORS, HELDOUT_PAIRS, Scene, ShapeObject, fits, sample_scene
-from hydra_umm.data.shapes.writer import split_sizes
+from hydra_umm.data.shapes.writer import SUMMARY_FILE, claim_folder, split_sizes
 
 EVENTS: tuple[str, ...] = ("moves", "still", "appears", "recolors")
 EVENT_WEIGHTS = (0.5, 0.2, 0.15, 0.15)  # how often an object does each (one object always moves)
@@ -465,8 +465,9 @@ def make_clip_dataset(out: str | Path, n: int = 100, frames: int = 17, size: int
     ``seed``), with one JSONL manifest per split in the image manifests' format plus ``video`` (the
     clip: ``clips/<id>/`` of PNG frames, or ``clips/<id>.mp4``) and ``frames``; ``image`` is the
     anchor frame as a PNG, so image loaders read a clip manifest as images. Returns a summary (also
-    written to ``summary.json``). ``reuse``: a data set of the same settings already in ``out`` is
-    returned as it is."""
+    written to ``summary.json``). ``out`` must be new, empty or hold a data set of the same settings
+    (:func:`~hydra_umm.data.shapes.writer.claim_folder`; ValueError else); with ``reuse`` a finished
+    one is returned as it is."""
     from hydra_umm.data.video import check_frame_count, write_clip  # video I/O needs torch; the world does not
 
     if video_format not in VIDEO_FORMATS:
@@ -475,11 +476,10 @@ def make_clip_dataset(out: str | Path, n: int = 100, frames: int = 17, size: int
     split_sizes(n)
     render(Scene(()), size)  # reject a bad size before any work
     out = Path(out)
-    if reuse and (out / "summary.json").is_file():
-        summary = json.loads((out / "summary.json").read_text())
-        settings = {"size": size, "frames": frames, "seed": seed, "format": video_format, "clips": split_sizes(n)}
-        if all(summary.get(k) == v for k, v in settings.items()):
-            return summary
+    request = {"clips": split_sizes(n), "frames": frames, "size": size, "seed": seed, "format": video_format}
+    finished = claim_folder(out, request, reuse)
+    if finished is not None:
+        return finished
     manifests = {}
     for split, clips in clip_splits(n, frames, seed).items():
         records = []
@@ -495,8 +495,7 @@ def make_clip_dataset(out: str | Path, n: int = 100, frames: int = 17, size: int
                 video[0].save(paths["image"])
             records.append({"id": record["id"], **{k: str(p.relative_to(out)) for k, p in paths.items()}, **record})
         manifests[split] = str(write_manifest(records, out / f"{split}.jsonl"))
-    summary = {"out": str(out), "size": size, "frames": frames, "seed": seed, "format": video_format,
-               "clips": split_sizes(n), "manifests": manifests,
+    summary = {"out": str(out), **request, "manifests": manifests,
                "heldout_pairs": [f"{c} {s}" for c, s in HELDOUT_PAIRS]}
-    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    (out / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n")
     return summary

@@ -10,10 +10,12 @@ Layout under ``out``::
     generation_prompts.txt                  the prompts of evaluation_metadata.jsonl, one a line
     reference/<index:05d>/samples/0000.png  one ground-truth rendering per prompt, GenEval's layout
     reference_heldout/...                   the same for evaluation_metadata_heldout.jsonl
-    summary.json                            what was written
+    request.json                            the settings asked for, written first
+    summary.json                            what was written, written last
 
 Train, val and test scenes never contain a held-out pair, neither does any caption or question
-of theirs mention one.
+of theirs mention one. A data set is written only into a new or empty folder, or over a data set of
+the same settings (:func:`claim_folder`), so nothing else is overwritten.
 """
 
 from __future__ import annotations
@@ -111,14 +113,66 @@ def write_prompts(out: Path, seed: int, size: int, per_tag: int) -> dict[str, in
     return {"prompts": len(prompts), "heldout_prompts": len(held)}
 
 
+REQUEST_FILE, SUMMARY_FILE = "request.json", "summary.json"
+
+
+def _describe(settings: dict) -> str:
+    return ", ".join(f"{k}={sum(v.values()) if isinstance(v, dict) else v}" for k, v in settings.items())
+
+
+def _held_settings(out: Path, keys) -> dict:
+    """The settings (of ``keys``) of the data set in ``out``, from its ``request.json`` or, for one
+    written before those existed, its ``summary.json``; {} when it has neither."""
+    for path in (out / REQUEST_FILE, out / SUMMARY_FILE):
+        if path.is_file():
+            try:
+                held = json.loads(path.read_text(encoding="utf-8"))
+            except (UnicodeDecodeError, json.JSONDecodeError) as e:
+                raise ValueError(f"{path} is unreadable ({e}): remove {out} or choose another folder") from None
+            return {k: held[k] for k in keys if k in held} if isinstance(held, dict) else {}
+    return {}
+
+
+def claim_folder(out: Path, request: dict, reuse: bool = False) -> dict | None:
+    """Make ``out`` the folder of the data set of ``request`` (its writer's settings, as its summary
+    records them) without overwriting anything else. A missing or empty folder is claimed by writing
+    ``request.json`` first (so that an interrupted write can be redone); a folder that holds a data
+    set of the same request is written again, or with ``reuse`` its summary is returned when it was
+    finished. Returns None when the data set is to be written (its ``summary.json``, written last,
+    is removed till then). Raises ValueError naming what else ``out`` is or holds: a file, another
+    data set, other files."""
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"{out} is a file, not a folder: give a new or empty folder for the data set")
+    held = _held_settings(out, request)
+    if not held and out.is_dir() and any(out.iterdir()):
+        raise ValueError(f"{out} is not empty and holds no shapes data set of this kind: "
+                         "remove what is there or choose another folder")
+    if held and held != request:
+        raise ValueError(f"{out} already holds another shapes data set ({_describe(held)}; asked for "
+                         f"{_describe(request)}): remove it or choose another folder")
+    summary = out / SUMMARY_FILE
+    if reuse and summary.is_file():
+        return json.loads(summary.read_text())
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ValueError(f"cannot make the folder {out}: {e.strerror}") from None
+    summary.unlink(missing_ok=True)
+    (out / REQUEST_FILE).write_text(json.dumps(request, indent=2) + "\n")
+    return None
+
+
 def make_dataset(out: str | Path, n: int = 1000, size: int = 64, seed: int = 0, prompts_per_tag: int = 50) -> dict:
     """Render ``n`` scenes of ``size`` px into ``out`` with their manifests and evaluation prompts
-    (deterministic given ``seed``). Returns a summary (also written to ``summary.json``)."""
+    (deterministic given ``seed``). Returns a summary (also written to ``summary.json``). ``out`` must
+    be new, empty or hold a data set of the same settings (:func:`claim_folder`; ValueError else)."""
     split_sizes(n)  # reject a bad n or size before any work
     render(Scene(()), size)
     out = Path(out)
+    request = {"scenes": split_sizes(n), "size": size, "seed": seed, "prompts_per_tag": prompts_per_tag}
+    claim_folder(out, request)
     images = out / "images"
-    images.mkdir(parents=True, exist_ok=True)
+    images.mkdir(exist_ok=True)
     splits = indexed_splits(n, seed)
     manifests = {}
     progress = tqdm(total=n, desc="shapes", unit="img", disable=n < 500)
@@ -133,8 +187,7 @@ def make_dataset(out: str | Path, n: int = 1000, size: int = 64, seed: int = 0, 
         manifests[split] = str(write_manifest(records, out / f"{split}.jsonl"))
     progress.close()
     summary = {
-        "out": str(out), "size": size, "seed": seed,
-        "scenes": {k: len(v) for k, v in splits.items()},
+        "out": str(out), **request,
         "manifests": manifests,
         "heldout_pairs": [f"{c} {s}" for c, s in HELDOUT_PAIRS],
         **write_prompts(out, seed, size, prompts_per_tag),
@@ -142,5 +195,5 @@ def make_dataset(out: str | Path, n: int = 1000, size: int = 64, seed: int = 0, 
         "metadata_heldout": str(out / "evaluation_metadata_heldout.jsonl"),
         "reference_images": str(out / "reference"),
     }
-    (out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+    (out / SUMMARY_FILE).write_text(json.dumps(summary, indent=2) + "\n")
     return summary
