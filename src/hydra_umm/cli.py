@@ -203,11 +203,13 @@ def _eval_recon_clips(args: argparse.Namespace) -> None:
 
 
 def _eval_cknna(args: argparse.Namespace) -> None:
+    from hydra_umm.data.datasets import SkipCounter
     from hydra_umm.eval import cknna_pairs, load_images, plot_feature_maps
     from hydra_umm.eval.alignment import alignment_features
 
     pipe = _load_any_pipeline(args)
-    images = load_images(args.images, pipe.image_size, args.limit)
+    skips = SkipCounter()
+    images = load_images(args.images, pipe.image_size, args.limit, skips)
     if len(images) <= args.k:
         raise ValueError(f"CKNNA with --k {args.k} needs more than {args.k} images, got {len(images)}")
     features, pairs = alignment_features(pipe, images, t=args.t, seed=args.seed)
@@ -215,8 +217,9 @@ def _eval_cknna(args: argparse.Namespace) -> None:
     if args.plot:
         from hydra_umm.data.manifest import read_manifest
 
-        if not str(args.images).endswith(".jsonl"):
-            raise ValueError("--plot colours points by class: give --images a shapes-world manifest (.jsonl)")
+        if not str(args.images).endswith(".jsonl") or skips.count:
+            raise ValueError("--plot colours points by their records' classes: give --images a shapes-world manifest "
+                             f"(.jsonl) whose images all read ({skips.count} did not)")
         labels = [r["scene"]["objects"][0]["shape"] for r in read_manifest(args.images)[: len(images)]]
         shown = {k: features[k] for k in ("generation", "understanding") if k in features}
         shown = shown or {k: v for k, v in features.items() if k.endswith(f"/{pipe.tokenizer.cfg.depth - 1}")}

@@ -7,6 +7,7 @@ import torch
 
 from hydra_umm import cli
 from hydra_umm.config import load_config
+from hydra_umm.data.manifest import read_manifest, write_manifest
 from hydra_umm.data.shapes import make_dataset
 from hydra_umm.models.hydra import HydraModel
 from hydra_umm.models.text_tokenizer import train_text_tokenizer
@@ -35,7 +36,7 @@ def test_eval_recon_on_a_model_and_on_a_tokenizer(setup, capsys):
     assert "rFID skipped" in capsys.readouterr().out
 
 
-def test_eval_cknna_scores_every_pair_and_plots(setup):
+def test_eval_cknna_scores_every_pair_and_plots(setup, capsys):
     root, summary = setup
     out, plot = root / "cknna.json", root / "features.png"
     cli.main(["eval", "cknna", "--model", str(root / "run" / "model"), "--images", summary["manifests"]["train"],
@@ -48,6 +49,14 @@ def test_eval_cknna_scores_every_pair_and_plots(setup):
     with pytest.raises(SystemExit):
         cli.main(["eval", "cknna", "--model", str(root / "tok"), "--images", summary["manifests"]["train"],
                   "--k", "30", "--limit", "10"])
+    records = read_manifest(summary["manifests"]["train"])[:8]  # a class map needs every record's image
+    broken = root / "broken.jsonl"
+    write_manifest([{**records[0], "image": str(root / "nowhere.png")}, *records[1:]], broken)
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        cli.main(["eval", "cknna", "--model", str(root / "tok"), "--images", str(broken), "--k", "3",
+                  "--plot", str(plot)])
+    assert "whose images all read (1 did not)" in capsys.readouterr().err
 
 
 def test_eval_report_writes_a_page(setup):

@@ -103,6 +103,13 @@ def test_earlier_turns_reach_the_model(client, pipe, image):
     assert answer == pipe.answer([image], [f"{QUESTION}\nred\nhow many?"], max_new_tokens=6)[0]
 
 
+def test_a_16_bit_grey_image_is_read_as_its_8_bit_grey():
+    from hydra_umm.serve.api import decode_data_url
+
+    grey16 = Image.fromarray(np.full((8, 8), 32896, dtype=np.uint16))  # mid grey, 128 * 257
+    assert np.asarray(decode_data_url(data_url(grey16), 1 << 20)).tolist() == [[[128] * 3] * 8] * 8
+
+
 def too_big_url() -> str:
     return "data:image/png;base64," + base64.b64encode(bytes(MAX_IMAGE_BYTES + 1000)).decode()
 

@@ -8,6 +8,7 @@ import torch
 
 from hydra_umm.cli import main
 from hydra_umm.config import load_config
+from hydra_umm.data.manifest import write_manifest
 from hydra_umm.eval.report import read_scalars
 from hydra_umm.inference import HydraPipeline
 from hydra_umm.models.hydra import HydraModel
@@ -144,7 +145,7 @@ def test_a_run_that_stops_on_its_own_is_one_error_line(monkeypatch, capsys):
     assert capsys.readouterr().err.strip() == "hydra-umm: error: stopping at step 5: 3 non-finite losses in a row"
 
 
-def test_bad_stage_and_missing_data_are_clear():
+def test_bad_stage_and_missing_data_are_clear(tmp_path):
     from hydra_umm.train.recipes import train_tokenizer, train_umm
 
     with pytest.raises(ValueError, match="stages 1, 2"):
@@ -157,5 +158,11 @@ def test_bad_stage_and_missing_data_are_clear():
         open_sources("", ["t2i"], 32, 0)
     with pytest.raises(ValueError, match="not a .jsonl manifest"):
         open_sources("nowhere.csv", ["t2i"], 32, 0)
+    with pytest.raises(ValueError, match=r"'shapes:abc': expected shapes:N with N a whole number"):
+        open_sources("shapes:abc", ["t2i"], 32, 0)
+    val_only = tmp_path / "val.jsonl"
+    write_manifest([{"image": "a.png", "caption": "a red square", "split": "val"}], val_only)
+    with pytest.raises(ValueError, match="gives no training records for the tasks t2i"):
+        open_sources(str(val_only), ["t2i"], 32, 0)
     with pytest.raises(ValueError, match="shards give image-caption pairs only.*caption, t2i"):
         _stream(load_config("tiny", ["data=shards/shard-{000000..000009}.tar"]), {"caption": 1, "t2i": 2}, 32, None)

@@ -33,6 +33,7 @@ from fastapi.responses import JSONResponse, StreamingResponse
 from PIL import Image, UnidentifiedImageError
 from pydantic import BaseModel, ConfigDict, Field
 
+from hydra_umm.data.transforms import to_rgb
 from hydra_umm.inference import TokenizerPipeline
 from hydra_umm.serve.capabilities import capabilities
 from hydra_umm.serve.chat import answer_stream, conversation_prompt, text_deltas
@@ -135,7 +136,7 @@ def decode_data_url(url: str, max_bytes: int) -> Image.Image:
         image.load()
     except (binascii.Error, UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as e:
         raise APIError(400, f"the image does not decode: {e}", param="image_url", code="invalid_image") from None
-    return image.convert("RGB")
+    return to_rgb(image)
 
 
 def png_base64(image: Image.Image) -> str:

@@ -112,20 +112,27 @@ def open_sources(data: str, tasks: Sequence[str], image_size: int, seed: int, sp
             if task in CLIP_TASKS and _gives(CLIP_TASKS[task], records):
                 found[task].append(make(CLIP_TASKS[task]))
 
+    def size(spec: str, default: int) -> int:
+        """N of a ``name[:N]`` source."""
+        count = spec.partition(":")[2]
+        if count and not count.isdigit():
+            raise ValueError(f"data source {spec!r}: expected {spec.partition(':')[0]}:N with N a whole number")
+        return int(count or default)
+
     for spec in (s.strip() for s in data.split(",") if s.strip()):
-        name, _, count = spec.partition(":")
+        name = spec.partition(":")[0]
         if name == "shapes-clips":
-            clips = clip_records(image_size, n=int(count or SHAPES_DEFAULT_CLIPS), frames=frames, seed=seed, split=split)
+            clips = clip_records(image_size, n=size(spec, SHAPES_DEFAULT_CLIPS), frames=frames, seed=seed, split=split)
             add_clips(lambda task: ClipDataset(clips, task, image_size, frames), clips)
             continue
         if name == "shapes-edits":
             if "edit" in tasks:
-                n = int(count or SHAPES_DEFAULT_EDITS)
+                n = size(spec, SHAPES_DEFAULT_EDITS)
                 edits = edit_records(image_size, n if split == "train" else max(7, n // 10), seed=seed, split=split)
                 found["edit"].append(EditDataset(edits, image_size))
             continue
         if name == "shapes":
-            records = shapes_records(image_size, n=int(count or SHAPES_DEFAULT_SCENES), seed=seed, split=split)
+            records = shapes_records(image_size, n=size(spec, SHAPES_DEFAULT_SCENES), seed=seed, split=split)
         elif spec.endswith(".json"):
             if "instruction" in tasks and split == "train":
                 found["instruction"].append(ConversationDataset(spec, Path(spec).parent, image_size))
@@ -147,6 +154,9 @@ def open_sources(data: str, tasks: Sequence[str], image_size: int, seed: int, sp
         for task in tasks:
             if task in RECORD_TASKS and records and _gives(task, records):
                 found[task].append(RecordDataset(records, task, image_size))
+    if split == "train" and not any(found.values()):
+        raise ValueError(f"data={data!r} gives no training records for the tasks {', '.join(tasks)} (records of "
+                         "split 'val' or 'test' only, or without the captions or questions these tasks need?)")
     return {t: ds[0] if len(ds) == 1 else ConcatDataset(ds) for t, ds in found.items() if ds}
 
 
