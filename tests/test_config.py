@@ -141,6 +141,10 @@ def test_an_override_that_is_no_yaml_is_named(override):
 def test_unknown_preset_and_unknown_yaml_key(tmp_path):
     with pytest.raises(ConfigError, match="presets: .*tiny"):
         load_config("nope")
+    with pytest.raises(ConfigError, match=f"config file not found: {tmp_path / 'none.yaml'}"):
+        load_config(tmp_path / "none.yaml")
+    with pytest.raises(ConfigError, match="train.warmup must be <= train.steps = 4, got 100"):
+        load_config("tiny", ["train.steps=4", "train.warmup=100"])
     bad = tmp_path / "bad.yaml"
     bad.write_text("tokenizer:\n  widht: 3\n")
     with pytest.raises(ConfigError, match="tokenizer.widht"):

@@ -355,7 +355,8 @@ def build_parser() -> argparse.ArgumentParser:
     ablate = sub.add_parser("ablate", help="ablation studies: train variants with one budget, write a report")
     ablates = ablate.add_subparsers(dest="what", required=True)
     p = ablates.add_parser(
-        "xtok", help="HYDRA-X Table 1: full/causal/tubelet attention x single/hier compression on shapes clips",
+        "xtok", help="HYDRA-X Table 1 on shapes clips: full+single, causal+hier, tubelet+hier and tubelet+single "
+        "(attention + temporal compression)",
         epilog="overrides: key=value words after the flags, applied to every variant, e.g. train.batch_size=4")
     p.add_argument("--steps", type=COUNT, default=300, help="training steps of each variant")
     p.add_argument("--out", default="runs/ablate-xtok")

@@ -400,6 +400,8 @@ def _read_preset(name_or_path: str | Path, seen: tuple[Path, ...] = ()) -> dict:
     preset = PRESET_DIR / f"{name_or_path}.yaml"
     path = preset if preset.is_file() else Path(name_or_path)
     if not path.is_file():
+        if path.suffix in (".yaml", ".yml") or len(path.parts) > 1:
+            raise ConfigError(f"config file not found: {path}")
         raise ConfigError(f"no config preset {str(name_or_path)!r}; presets: {', '.join(preset_names())}")
     if path.resolve() in seen:
         raise ConfigError(f"config bases form a cycle: {' -> '.join(map(str, (*seen, path.resolve())))}")

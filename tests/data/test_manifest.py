@@ -56,10 +56,10 @@ def test_write_refuses_bad_records_and_missing_file_is_clear(tmp_path):
         read_manifest(tmp_path / "absent.jsonl")
 
 
-def test_split_records_keeps_a_split_and_counts_an_unsplit_manifest_as_train():
+def test_split_records_keeps_a_split_and_counts_records_without_one_as_train():
     named = [{"id": "a", "split": "train"}, {"id": "b", "split": "val"}, {"id": "c"}]
     assert [r["id"] for r in split_records(named, "val")] == ["b"]
-    assert [r["id"] for r in split_records(named, "train")] == ["a"]
+    assert [r["id"] for r in split_records(named, "train")] == ["a", "c"]  # not dropped unseen
     assert split_records(named, None) == named
     unsplit = [{"id": "a"}, {"id": "b"}]
     assert split_records(unsplit, "train") == unsplit and split_records(unsplit, "val") == []

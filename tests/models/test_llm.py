@@ -206,3 +206,9 @@ def test_vision_head_starts_at_exactly_zero_and_learns_to_depend_on_t():
         optimizer.step()
     assert head(hidden, torch.tensor([0.2, 0.9])).abs().sum() > 0
     assert not torch.allclose(head(hidden, torch.tensor([0.2, 0.2])), head(hidden, torch.tensor([0.9, 0.9])))
+
+
+def test_a_missing_llm_path_names_the_folder(tmp_path):
+    cfg = load_config("tiny", [f"llm.path={tmp_path / 'Qwen2.5'}"]).llm
+    with pytest.raises(FileNotFoundError, match=f"llm.path {tmp_path / 'Qwen2.5'}: no such folder"):
+        build_language_model(cfg)

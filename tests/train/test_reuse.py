@@ -14,23 +14,24 @@ def finish(run) -> None:
 
 
 def test_a_finished_run_is_reused_only_for_the_settings_it_was_asked_for(tmp_path):
-    cfg = load_config("tiny", [f"train.out_dir={tmp_path}", "train.steps=7"])
+    cfg = load_config("tiny", [f"train.out_dir={tmp_path}", "train.steps=7", "train.warmup=1"])
     record_stage(cfg)
     assert not is_done(cfg)  # recorded, not finished
     finish(tmp_path)
     assert is_done(cfg)
-    assert is_done(load_config("tiny", [f"train.out_dir={tmp_path}", "train.steps=7", "data=elsewhere"]))  # a place
+    assert is_done(load_config("tiny", [f"train.out_dir={tmp_path}", "train.steps=7", "train.warmup=1", "data=elsewhere"]))  # a place
     with pytest.raises(ValueError, match=r"train.steps: 7 there, 9 now.*remove it"):
-        is_done(load_config("tiny", [f"train.out_dir={tmp_path}", "train.steps=9"]))
+        is_done(load_config("tiny", [f"train.out_dir={tmp_path}", "train.steps=9", "train.warmup=1"]))
     asked = yaml.safe_load((tmp_path / ASKED_FILE).read_text())
     del asked["train"]["steps"]  # a setting added since the run was recorded
     (tmp_path / ASKED_FILE).write_text(yaml.safe_dump(asked))
-    assert is_done(load_config("tiny", [f"train.out_dir={tmp_path}", "train.steps=9"]))
+    assert is_done(load_config("tiny", [f"train.out_dir={tmp_path}", "train.steps=9", "train.warmup=1"]))
 
 
-def test_a_run_finished_before_runs_were_recorded_is_reused(tmp_path):
+def test_a_run_finished_before_runs_were_recorded_is_reused_with_a_warning(tmp_path, caplog):
     finish(tmp_path)
     assert is_done(load_config("tiny", [f"train.out_dir={tmp_path}"]))
+    assert "is reused unchecked" in caplog.text
 
 
 def test_refuse_changes_names_changed_keys_only(tmp_path):

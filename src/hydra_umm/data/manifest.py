@@ -43,13 +43,10 @@ def write_manifest(records: Iterable[dict], path: str | Path) -> Path:
 
 
 def split_records(records: list[dict], split: str | None) -> list[dict]:
-    """The records of ``split`` when the records name splits (all of them for None); a manifest that
-    names no splits is all "train"."""
+    """The records of ``split`` (all of them for None); a record that names no split is "train"."""
     if split is None:
         return records
-    if any("split" in r for r in records):
-        return [r for r in records if r.get("split") == split]
-    return records if split == "train" else []
+    return [r for r in records if r.get("split", "train") == split]
 
 
 def read_manifest(path: str | Path) -> list[dict]:

@@ -10,6 +10,7 @@ text, bidirectional inside each image block, padding never attended to.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Union
 
 import torch
@@ -42,6 +43,9 @@ def build_language_model(cfg: LLMConfig, config: PretrainedConfig | None = None)
     The weights are float32 like the rest of HYDRA even when the checkpoint's config names bfloat16
     (as Qwen2.5's does; transformers would keep that dtype): bf16 runs autocast over fp32 masters."""
     if config is None and cfg.path:
+        if not Path(cfg.path).is_dir():
+            raise FileNotFoundError(f"llm.path {cfg.path}: no such folder (a local Qwen2.5 checkpoint; nothing is "
+                                    "downloaded)")
         return AutoModelForCausalLM.from_pretrained(cfg.path, attn_implementation=cfg.attn_implementation,
                                                     dtype=torch.float32)
     config = config if config is not None else qwen2_config(cfg)

@@ -98,6 +98,7 @@ class TrainConfig:
         require(self.clip_frames >= 1 and (self.clip_frames - 1) % 4 == 0, "train.clip_frames", self.clip_frames,
                 "1 + 4k")
         require(0 <= self.min_lr_ratio <= 1, "train.min_lr_ratio", self.min_lr_ratio, "in [0, 1]")
+        require(self.warmup <= self.steps, "train.warmup", self.warmup, f"<= train.steps = {self.steps}")
         require(bool(self.out_dir), "train.out_dir", self.out_dir, "a folder (not empty)")
         require(bool(self.resume), "train.resume", self.resume, '"auto", "never" or a checkpoint path')
         self.lr.check()

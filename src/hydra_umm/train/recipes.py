@@ -268,6 +268,9 @@ def train_tokenizer(cfg: Config) -> Path:
     components = {"decoder": tok.decoder}
     if stage == 1:
         components["encoder"] = nn.ModuleList([tok.vit, tok.bottleneck])
+        if not cfg.tokenizer.teacher_weights:
+            log.warning("tokenizer.teacher_weights is not set: HYDRA-TOK distills from a randomly initialised "
+                        "teacher (InternViT in the paper; the demo trains a small one)")
     else:
         components["discriminator"] = tok.discriminator
     for module in components.values():

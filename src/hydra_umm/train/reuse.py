@@ -6,11 +6,14 @@ run's own config.yaml (which holds what its recipe made of it).
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import yaml
 
 from hydra_umm.config import Config, to_dict
+
+log = logging.getLogger(__name__)
 
 MODEL_WEIGHTS = "model.safetensors"
 ASKED_FILE = "asked.yaml"  # the config a run was asked for (record_stage)
@@ -41,6 +44,8 @@ def is_done(cfg: Config, weights: str = MODEL_WEIGHTS) -> bool:
     if not (run / "model" / weights).is_file():
         return False
     if not (run / ASKED_FILE).is_file():  # finished before runs were recorded: nothing to compare
+        log.warning("%s is reused unchecked: it was trained before runs recorded what they were asked for "
+                    "(%s); remove it to train it anew with this run's settings", run, ASKED_FILE)
         return True
     wanted = {k: v for k, v in sorted(flat_settings(to_dict(cfg)).items()) if k not in PLACE_KEYS}
     refuse_changes(run, flat_settings(yaml.safe_load((run / ASKED_FILE).read_text())), wanted,
