@@ -326,7 +326,7 @@ def test_each_group_follows_the_schedule_from_its_own_peak():
 
 
 def test_train_config_loads_and_overrides_like_the_project_config():
-    cfg = from_dict(TrainConfig, {"steps": 50, "lr": {"default": 1e-4, "llm": 1e-5}, "betas": [0.9, 0.99]})
+    cfg = from_dict(TrainConfig, {"steps": 50, "warmup": 10, "lr": {"default": 1e-4, "llm": 1e-5}, "betas": [0.9, 0.99]})
     apply_overrides(cfg, ["lr.vision_head=2e-4", "ratios=[1,2,2]", "resume=never"])
     assert (cfg.lr.of("llm"), cfg.lr.of("vision_head"), cfg.lr.of("projector")) == (1e-5, 2e-4, 1e-4)
     assert cfg.ratios == [1.0, 2.0, 2.0] and cfg.resume == "never"
