@@ -2,6 +2,7 @@
 dropout, save/load, and a tiny model that measurably learns both tasks."""
 
 import copy
+import json
 
 import pytest
 import torch
@@ -212,6 +213,11 @@ def test_save_and_load_round_trip(model, tmp_path):
     assert torch.equal(a, b)
     with pytest.raises(FileNotFoundError, match="model.safetensors"):
         HydraModel.from_pretrained(tmp_path / "nothing")
+    config = json.loads((tmp_path / "config.json").read_text())
+    config["umm"]["head_width"] *= 2  # config.json and the weights no longer agree
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="model.safetensors does not load into the HydraModel its config.json describes"):
+        HydraModel.from_pretrained(tmp_path)
 
 
 def test_a_tiny_hydra_overfits_a_few_samples(model):

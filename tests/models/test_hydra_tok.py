@@ -262,6 +262,10 @@ def test_save_and_load_round_trip_gives_identical_outputs(model, images, tmp_pat
     assert torch.equal(*decode)
     with pytest.raises(FileNotFoundError, match="config.json"):
         HydraTok.from_pretrained(tmp_path / "missing")
+    weights = (tmp_path / "model.safetensors").read_bytes()
+    (tmp_path / "model.safetensors").write_bytes(weights[: len(weights) // 2])  # a copy cut short
+    with pytest.raises(ValueError, match="model.safetensors is not a readable safetensors weights file"):
+        HydraTok.from_pretrained(tmp_path)
 
 
 @pytest.mark.parametrize("suffix", [".safetensors", ".pth"])
@@ -280,6 +284,9 @@ def test_load_internvit_fills_student_and_teacher(cfg, tmp_path, suffix):
         assert torch.equal(tok.vit.state_dict()[name], tensor), name
     with pytest.raises(FileNotFoundError, match="nowhere.safetensors"):
         tok.load_internvit(tmp_path / "nowhere.safetensors")
+    (tmp_path / "notes.pth").write_text("not weights")
+    with pytest.raises(ValueError, match="notes.pth is not a timm InternViT checkpoint"):
+        tok.load_internvit(tmp_path / "notes.pth")
 
 
 # ------------------------------------------------------------------------------ learning

@@ -11,8 +11,10 @@ from timm.layers import apply_rot_embed_cat
 from timm.models.vision_transformer import Block
 
 from hydra_umm.config import ConfigError, load_config, to_dict
+from hydra_umm.inference import load_pipeline
 from hydra_umm.losses.distillation import cosine_distance
 from hydra_umm.models.decompressor import Decompressor
+from hydra_umm.models.hydra_tok import HydraTok
 from hydra_umm.models.hydra_xtok import HydraXTok
 from hydra_umm.models.spacetime import attend, frame_mask, rope_3d, spacetime_block, temporal_groups
 
@@ -425,6 +427,10 @@ def test_save_and_load_round_trip(model, clip, tmp_path):
         assert torch.equal(loaded.encode(clip[:, :, :5]), z)
         assert torch.equal(loaded.decode(z), model.decode(z))
         assert torch.equal(loaded.video_teacher(clip[:, :, 1:5]), model.video_teacher(clip[:, :, 1:5]))
+    with pytest.raises(ValueError, match="is the config of a HYDRA-XTok, not of a HYDRA-TOK"):
+        HydraTok.from_pretrained(tmp_path)  # where an image tokenizer is asked for
+    (recon,) = load_pipeline(tmp_path).reconstruct([clip[0, :, 0]])  # reconstruct reads HYDRA-XTok directories
+    assert recon.size == (SIZE, SIZE)
 
 
 # ------------------------------------------------------------------------------ learning

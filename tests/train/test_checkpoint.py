@@ -29,6 +29,9 @@ def test_save_keeps_the_last_n_and_latest_finds_the_newest(tmp_path):
     assert state["step"] == 1000 and torch.equal(state["w"], torch.full((3,), 1000.0))
     with pytest.raises(FileNotFoundError, match="checkpoint not found"):
         load_checkpoint(tmp_path / "nope.pt")
+    (tmp_path / "notes.pt").write_text("not a checkpoint")
+    with pytest.raises(ValueError, match="notes.pt is not a readable checkpoint"):
+        load_checkpoint(tmp_path / "notes.pt")
     os.utime(latest(tmp_path), (1_000_000, 1_000_000))  # copied without its times: step 1000 looks oldest
     assert latest(tmp_path).name == "step_00001000.pt"  # ranked by step, not by file time
 

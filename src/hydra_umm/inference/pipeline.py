@@ -32,7 +32,7 @@ from hydra_umm import flow
 from hydra_umm.data.transforms import ImageTransform, resize_crop, to_pil
 from hydra_umm.data.video import check_frame_count, clip_to_tensor, tensor_to_frames
 from hydra_umm.inference.kv_cache import CachedSequence
-from hydra_umm.models.hydra import HydraModel
+from hydra_umm.models.hydra import HydraModel, load_tokenizer
 from hydra_umm.models.hydra_tok import HydraTok
 from hydra_umm.models.hydra_xtok import TIME_COMPRESSION
 from hydra_umm.models.llm import IGNORE, Image, Segment, Text
@@ -56,14 +56,14 @@ def check_scales(**scales: float) -> None:
 
 
 class TokenizerPipeline:
-    """HYDRA-TOK alone (a directory written by ``HydraTok.save_pretrained``): reconstruction."""
+    """HYDRA-TOK (or HYDRA-XTok) alone (a directory its ``save_pretrained`` wrote): reconstruction."""
 
     def __init__(self, tokenizer: HydraTok):
         self.tokenizer = tokenizer.eval()
 
     @classmethod
     def from_pretrained(cls, directory: str | Path, device: str | torch.device = "cpu") -> "TokenizerPipeline":
-        return cls(HydraTok.from_pretrained(directory).to(device))
+        return cls(load_tokenizer(directory).to(device))
 
     @property
     def device(self) -> torch.device:

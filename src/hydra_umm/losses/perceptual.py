@@ -17,21 +17,16 @@ import lpips
 import torch
 from torch import Tensor, nn
 
+from hydra_umm.models.weights import read_weights
+
 RANDOM_TRUNK_SEED = 0
 
 
 def load_vgg16_features(path: str | Path) -> dict[str, Tensor]:
     """The ``features.*`` tensors of a torchvision vgg16 state dict saved at ``path``."""
-    path = Path(path)
-    if not path.is_file():
+    if not Path(path).is_file():
         raise FileNotFoundError(f"VGG16 weights for LPIPS not found: {path}")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        state = load_file(path)
-    else:
-        state = torch.load(path, map_location="cpu", weights_only=True)
-    return {k: v for k, v in state.items() if k.startswith("features.")}
+    return {k: v for k, v in read_weights(path).items() if k.startswith("features.")}
 
 
 class PerceptualLoss(nn.Module):

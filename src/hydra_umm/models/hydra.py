@@ -510,6 +510,11 @@ def load_unified(cls: type, directory: Path) -> nn.Module:
     cfg = load_config(directory / "config.json")
     llm_config = AutoConfig.from_pretrained(str(directory / "llm"))
     model = cls(cfg, load_text_tokenizer(str(directory)), llm_config=llm_config)
-    load_model(model, str(directory / "model.safetensors"))
+    weights = directory / "model.safetensors"
+    try:
+        load_model(model, str(weights))  # safetensors' loader: it restores tied weights saved once
+    except Exception as e:  # an unreadable file, or weights of another size than config.json says
+        raise ValueError(f"{weights} does not load into the {cls.__name__} its config.json describes "
+                         f"({type(e).__name__}: {' '.join(str(e).split())[:300]})") from None
     return model
 

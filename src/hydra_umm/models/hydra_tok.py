@@ -29,7 +29,7 @@ from typing import Iterable, Optional
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from timm.models import load_checkpoint
 from timm.models.vision_transformer import VisionTransformer, checkpoint_filter_fn
 from torch import Tensor, nn
@@ -43,6 +43,7 @@ from hydra_umm.models.discriminator import PatchDiscriminator
 from hydra_umm.models.pixel_decoder import PixelFlowDecoder
 from hydra_umm.models.vit import InputNormalization, build_vit, check_image_size
 from hydra_umm.models.vit_decoder import ViTDecoder
+from hydra_umm.models.weights import fit_weights, read_weights
 
 CONFIG_FILE, WEIGHTS_FILE = "config.json", "model.safetensors"
 DECODERS = {"flow": PixelFlowDecoder, "vit": ViTDecoder}
@@ -122,7 +123,11 @@ class HydraTok(nn.Module):
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"InternViT checkpoint not found: {path}")
-        load_checkpoint(self.teacher, str(path), filter_fn=_timm_state_filter)
+        try:
+            load_checkpoint(self.teacher, str(path), filter_fn=_timm_state_filter)
+        except Exception as e:  # an unreadable file or another model's weights, as timm and torch report them
+            raise ValueError(f"{path} is not a timm InternViT checkpoint of this size ({type(e).__name__}: "
+                             f"{str(e).splitlines()[0] if str(e) else 'no detail'})") from None
         self.init_from_teacher()
 
     def save_pretrained(self, directory: str | Path) -> None:
@@ -140,7 +145,7 @@ class HydraTok(nn.Module):
             if not (directory / name).is_file():
                 raise FileNotFoundError(f"not a saved {cls.__name__}: {directory / name} is missing")
         model = cls.from_config_dict(json.loads((directory / CONFIG_FILE).read_text()), directory / CONFIG_FILE)
-        model.load_state_dict(load_file(str(directory / WEIGHTS_FILE)))
+        fit_weights(model, read_weights(directory / WEIGHTS_FILE), directory / WEIGHTS_FILE)
         return model
 
     def config_dict(self) -> dict:
@@ -150,6 +155,10 @@ class HydraTok(nn.Module):
     @classmethod
     def from_config_dict(cls, config: dict, source: Path) -> "HydraTok":
         """An untrained model of the configuration :meth:`config_dict` wrote (read from ``source``)."""
+        if "tokenizer" in config:  # a HYDRA-XTok's {"tokenizer", "xtok"} or a unified model's Config
+            kind = "a HYDRA-XTok" if "xtok" in config and "llm" not in config else "a unified model (HYDRA or Harmon)"
+            raise ValueError(f"{source} is the config of {kind}, not of a HYDRA-TOK: give the directory of a "
+                             "tokenizer run's model")
         return cls(from_dict(TokenizerConfig, config), load_weights=False)
 
     # ------------------------------------------------------------------ encoder

@@ -39,7 +39,6 @@ from pathlib import Path
 from typing import Optional
 
 import torch
-from safetensors.torch import load_file
 from torch import Tensor, nn
 
 from hydra_umm.config import TokenizerConfig, XTokConfig, from_dict, to_dict
@@ -50,6 +49,7 @@ from hydra_umm.models.decompressor import Decompressor
 from hydra_umm.models.hydra_tok import HydraTok
 from hydra_umm.models.spacetime import check_attention, spacetime_block, strip_positions, temporal_groups
 from hydra_umm.models.vit import InputNormalization, build_vit, check_image_size
+from hydra_umm.models.weights import fit_weights, read_weights
 
 TIME_COMPRESSION = 4  # the frames after the anchor are compressed 4x in time
 COMPRESSIONS = ("hier", "single")
@@ -86,7 +86,7 @@ class VideoTeacher(nn.Module):
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"video teacher weights not found: {path}")
-        self.vit.load_state_dict(load_file(str(path)))
+        fit_weights(self.vit, read_weights(path), path)
 
     def forward(self, frames: Tensor) -> Tensor:
         """frames (B, 3, T, H, W) in [-1, 1] -> features (B, T, N, D)."""

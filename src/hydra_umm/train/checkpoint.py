@@ -86,7 +86,14 @@ def load_checkpoint(path: Union[str, Path], map_location: Union[str, torch.devic
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint not found: {path}")
-    return torch.load(path, map_location=map_location, weights_only=True)
+    try:
+        state = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # truncated, or not a checkpoint at all (torch.load fails in many ways)
+        raise ValueError(f"{path} is not a readable checkpoint ({type(e).__name__}): resume from another one "
+                         "with train.resume=<path>, or move it aside") from None
+    if not isinstance(state, dict):
+        raise ValueError(f"{path} is not a training checkpoint (it holds a {type(state).__name__}, not a dict)")
+    return state
 
 
 def _fsync_dir(folder: Path) -> None:

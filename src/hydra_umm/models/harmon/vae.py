@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from hydra_umm.config import HarmonConfig
+from hydra_umm.models.weights import read_weights
 
 WEIGHTS_FILE = "vae.safetensors"
 
@@ -221,13 +222,8 @@ class AutoencoderKL(nn.Module):
         path = Path(path) / WEIGHTS_FILE if Path(path).is_dir() else Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"autoencoder weights not found: {path} (set harmon.vae_path to a local file)")
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            state = load_file(str(path))
-        else:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-            state = state.get("model", state.get("state_dict", state))
+        state = read_weights(path)
+        state = state.get("model", state.get("state_dict", state))
         own = self.state_dict()
         missing = [k for k in own if k not in state]
         if missing:
