@@ -146,7 +146,7 @@ def test_a_mixture_counts_the_skips_of_concatenated_sources(image_dir):
 
 def test_all_unreadable_is_a_clear_error(image_dir):
     ds = RecordDataset([{"image": str(image_dir / "bad_text.png"), "caption": "x"}], "t2i", S)
-    with pytest.raises(RuntimeError, match="none of its 1 items has a readable image"):
+    with pytest.raises(ValueError, match="none of its 1 items has a readable image"):
         ds[0]
 
 

@@ -9,7 +9,7 @@ import torch
 
 from hydra_umm import flow
 from hydra_umm.config import load_config, to_dict
-from hydra_umm.models.hydra import HydraModel
+from hydra_umm.models.hydra import HydraModel, load_tokenizer
 from hydra_umm.models.llm import IGNORE
 from hydra_umm.models.text_tokenizer import train_text_tokenizer
 
@@ -213,6 +213,8 @@ def test_save_and_load_round_trip(model, tmp_path):
     assert torch.equal(a, b)
     with pytest.raises(FileNotFoundError, match="model.safetensors"):
         HydraModel.from_pretrained(tmp_path / "nothing")
+    with pytest.raises(ValueError, match="holds a unified model .*, not a tokenizer"):  # e.g. as umm.tokenizer_path
+        load_tokenizer(tmp_path)
     config = json.loads((tmp_path / "config.json").read_text())
     config["umm"]["head_width"] *= 2  # config.json and the weights no longer agree
     (tmp_path / "config.json").write_text(json.dumps(config))

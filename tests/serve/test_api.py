@@ -168,6 +168,8 @@ BAD = {
     "empty question": (CHAT, lambda im: {**chat_body(im), "messages": [
         {"role": "user", "content": [{"type": "image_url", "image_url": {"url": data_url(im)}}]}]}, 400,
         "non-empty question"),
+    "unknown content part": (CHAT, lambda im: {**chat_body(im), "messages": [{"role": "user", "content": [
+        {"type": "input_audio", "input_audio": {}}]}]}, 400, "messages.0.content.0': Input tag 'input_audio'"),
     "unsupported chat option": (CHAT, lambda im: chat_body(im, top_p=0.5), 400, "unsupported option 'top_p'"),
     "last turn not the user's": (CHAT, lambda im: {**chat_body(im), "messages": chat_body(im)["messages"] + [
         {"role": "assistant", "content": "red"}]}, 400, "last message"),

@@ -1,3 +1,4 @@
+import fcntl
 import itertools
 import math
 import os
@@ -14,7 +15,7 @@ from hydra_umm.data.mixture import BatchStream, MixtureDataset, TaskMixture, mix
 from hydra_umm.train.checkpoint import checkpoints
 from hydra_umm.train.config import LearningRates, TrainConfig
 from hydra_umm.train.engine import Trainer
-from hydra_umm.train.errors import DataExhaustedError, NonFiniteLossError, TrainingInterrupted
+from hydra_umm.train.errors import DataExhaustedError, NonFiniteLossError, TrainingError, TrainingInterrupted
 from hydra_umm.train.schedule import WarmupCosine, build_optimizer, param_groups
 
 
@@ -127,6 +128,11 @@ def test_data_that_runs_out_saves_the_steps_done_and_says_so(tmp_path):
     with pytest.raises(DataExhaustedError, match="ran out after 6 of 10 steps"):
         trainer.fit()
     assert [p.name for p in checkpoints(tmp_path)] == ["step_00000004.pt", "step_00000006.pt"]
+    empty = make_trainer(tmp_path / "empty")
+    empty.data = BatchStream(lambda position: iter(()))
+    with pytest.raises(DataExhaustedError) as stopped:
+        empty.fit()
+    assert str(stopped.value).startswith("the training data ran out after 0 of 20 steps:")  # nothing saved, none claimed
 
 def test_resume_never_refuses_to_mix_with_old_checkpoints(uninterrupted):
     out = uninterrupted[0]
@@ -154,6 +160,17 @@ def test_resume_refuses_other_settings_but_not_another_place_or_pace(tmp_path):
     with pytest.raises(ValueError, match=r"other settings \(train.batch_size: 16 there, 8 now\)"):
         make_trainer(tmp_path / "b", batch_size=8).fit()
     assert make_trainer(tmp_path / "b", log_every=2, ckpt_every=5, num_workers=1).fit()["step"] == 20
+
+
+def test_a_second_run_into_the_same_folder_is_refused_while_the_first_runs(tmp_path):
+    trainer = make_trainer(tmp_path)
+    tmp_path.mkdir(exist_ok=True)
+    with (tmp_path / ".lock").open("w") as held:  # the first run's lock
+        fcntl.flock(held, fcntl.LOCK_EX)
+        with pytest.raises(TrainingError, match="another process is training in"):
+            trainer.fit()
+        assert not checkpoints(tmp_path)
+    assert trainer.fit()["step"] == 20  # once it has ended
 
 
 def test_ctrl_c_stops_after_the_step_under_way_and_saves_it(uninterrupted, tmp_path):

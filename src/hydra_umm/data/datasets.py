@@ -145,7 +145,7 @@ class ImageItemDataset(Dataset, abc.ABC):
                 return self.item((index + offset) % n)
             except UnreadableImage as e:
                 self.skips.add(e)
-        raise RuntimeError(f"{type(self).__name__}: none of its {n} items has a readable image")
+        raise ValueError(f"{type(self).__name__}: none of its {n} items has a readable image")
 
 
 class RecordDataset(ImageItemDataset):

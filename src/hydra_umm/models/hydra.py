@@ -113,7 +113,11 @@ def tokenizer_class(directory: str | Path) -> type[HydraTok]:
     config = Path(directory) / CONFIG_FILE
     if not config.is_file():
         raise FileNotFoundError(f"not a saved tokenizer: {config} is missing")
-    return HydraXTok if "xtok" in json.loads(config.read_text()) else HydraTok
+    saved = json.loads(config.read_text())
+    if "llm" in saved:
+        raise ValueError(f"{directory} holds a unified model (HYDRA or Harmon), not a tokenizer: give the directory "
+                         "of a tokenizer run's model")
+    return HydraXTok if "xtok" in saved else HydraTok
 
 
 def load_tokenizer(directory: str | Path) -> HydraTok:

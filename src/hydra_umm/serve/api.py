@@ -25,7 +25,7 @@ import io
 import json
 import time
 import uuid
-from typing import Any, AsyncIterator, Callable, Iterator, Literal, Optional, Union
+from typing import Annotated, Any, AsyncIterator, Callable, Iterator, Literal, Optional, Union
 
 from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -89,7 +89,7 @@ class ImagePart(BaseModel):
 
 class Message(BaseModel):
     role: Literal["system", "user", "assistant"]
-    content: Union[str, list[Union[TextPart, ImagePart]], None] = None
+    content: Union[str, list[Annotated[Union[TextPart, ImagePart], Field(discriminator="type")]], None] = None
 
 
 class ChatRequest(OpenAIRequest):
@@ -177,10 +177,10 @@ def add_api(app: FastAPI, pipe: TokenizerPipeline, queue: ModelQueue, model_name
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(_: Request, e: RequestValidationError) -> JSONResponse:
-        first = e.errors()[0]
+        first = max(e.errors(), key=lambda error: len(error["loc"]))  # the deepest: in a union, the branch meant
         if first["type"] == "json_invalid":
             return error_response(400, f"malformed JSON body: {first.get('ctx', {}).get('error', first['msg'])}")
-        field = ".".join(str(x) for x in first["loc"] if x != "body")
+        field = ".".join(str(x) for x in first["loc"] if x != "body" and "[" not in str(x))  # not union branches
         if not field:
             return error_response(400, f"the request body must be a JSON object: {first['msg']}")
         return error_response(400, f"invalid field {field!r}: {first['msg']}", param=field)

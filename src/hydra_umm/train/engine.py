@@ -8,6 +8,7 @@ logged too). The Trainer owns the run folder::
     <out_dir>/tensorboard/    TensorBoard scalars: train/*, val/*, lr/<group>, grad_norm, bad_steps,
                               time/train_seconds (wall time in train steps, data included, across resumes)
     <out_dir>/checkpoints/    step_<step>.pt, the last ``keep_last`` (hydra_umm.train.checkpoint)
+    <out_dir>/.lock           held while a run trains: a second run into the folder is refused
 
 A step: forward (bf16 autocast on CUDA when asked), and if the loss is finite on every rank,
 backward, gradient clipping, optimiser step. A non-finite loss (or gradient norm) skips the
@@ -24,6 +25,7 @@ and HOW_KEYS) is refused with them named.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import logging
 import math
 import signal
@@ -46,7 +48,7 @@ from hydra_umm.train.checkpoint import (checkpoint_dir, checkpoints, latest, loa
                                         save_checkpoint, set_aside_later, set_rng_state)
 from hydra_umm.train.config import TrainConfig
 from hydra_umm.train.distributed import DistEnv, all_mean, full_state, load_full_state
-from hydra_umm.train.errors import DataExhaustedError, NonFiniteLossError, TrainingInterrupted
+from hydra_umm.train.errors import DataExhaustedError, NonFiniteLossError, TrainingError, TrainingInterrupted
 from hydra_umm.train.reuse import HOW_KEYS, PLACE_KEYS, flat_settings, refuse_changes
 
 log = logging.getLogger(__name__)
@@ -233,7 +235,8 @@ class Trainer:
         main = self.env.is_main
         if main:
             self.out_dir.mkdir(parents=True, exist_ok=True)
-        with _log_to(self.out_dir / "train.log" if main else None), _interrupt_after_step(self.env) as interrupted:
+        with _only_run_in(self.out_dir if main else None), _log_to(self.out_dir / "train.log" if main else None), \
+                _interrupt_after_step(self.env) as interrupted:
             self.resume()  # first: a refused resume leaves the run's config.yaml as it was
             if main:
                 (self.out_dir / "config.yaml").write_text(yaml.safe_dump(self.run_config, sort_keys=False))
@@ -252,9 +255,9 @@ class Trainer:
                     except StopIteration:  # a finite stream (shards) ran out: keep what was trained
                         if saved_at != self.step:
                             self.save()
+                        saved = f" (checkpoint saved in {checkpoint_dir(self.out_dir)})" if self.step else ""
                         raise DataExhaustedError(f"the training data ran out after {self.step} of {self.cfg.steps} "
-                                                 f"steps (checkpoint saved in {checkpoint_dir(self.out_dir)}): "
-                                                 "add data or lower train.steps, then resume") from None
+                                                 f"steps{saved}: add data or lower train.steps, then resume") from None
                     started = time.perf_counter()
                     metrics = self.train_step(batch)
                     self.train_seconds += time.perf_counter() - started
@@ -321,6 +324,22 @@ def _schedule(scheduler: Mapping[str, Any], optimizer: Mapping[str, Any]) -> str
               + (f", betas {tuple(g['betas'])}" if "betas" in g else "")
               for i, g in enumerate(optimizer["param_groups"])]
     return "; ".join([", ".join(f"{k} {v}" for k, v in factor.items()), *groups])
+
+
+@contextlib.contextmanager
+def _only_run_in(folder: Path | None) -> Iterator[None]:
+    """Hold ``folder``'s lock (``.lock``, an flock the system drops with the process) for a run:
+    a second run started into the same folder meanwhile is refused, not interleaved with it."""
+    if folder is None:
+        yield
+        return
+    with (folder / ".lock").open("w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise TrainingError(f"another process is training in {folder}: wait for it to end, or choose another "
+                                "train.out_dir") from None
+        yield
 
 
 @contextlib.contextmanager
