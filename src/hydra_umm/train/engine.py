@@ -255,9 +255,9 @@ class Trainer:
                     except StopIteration:  # a finite stream (shards) ran out: keep what was trained
                         if saved_at != self.step:
                             self.save()
-                        saved = f" (checkpoint saved in {checkpoint_dir(self.out_dir)})" if self.step else ""
                         raise DataExhaustedError(f"the training data ran out after {self.step} of {self.cfg.steps} "
-                                                 f"steps{saved}: add data or lower train.steps, then resume") from None
+                                                 f"steps{self._saved_in()}: add data or lower train.steps, then "
+                                                 "resume") from None
                     started = time.perf_counter()
                     metrics = self.train_step(batch)
                     self.train_seconds += time.perf_counter() - started
@@ -277,14 +277,17 @@ class Trainer:
                 if saved_at != self.step:
                     self.save()
                 if interrupted:
-                    raise TrainingInterrupted(f"interrupted after step {self.step} of {self.cfg.steps} (checkpoint "
-                                              f"saved in {checkpoint_dir(self.out_dir)}): run the same command to "
-                                              "resume")
+                    raise TrainingInterrupted(f"interrupted after step {self.step} of {self.cfg.steps}"
+                                              f"{self._saved_in()}: run the same command to resume")
             finally:
                 bar.close()
                 if writer is not None:
                     writer.close()
         return {**last, "step": self.step, "bad_steps": self.bad_steps}
+
+    def _saved_in(self) -> str:
+        """Where the run's last step is saved, for a message (nothing when no step was trained)."""
+        return f" (checkpoint saved in {checkpoint_dir(self.out_dir)})" if self.step else ""
 
     def _log(self, writer: SummaryWriter | None, bar: tqdm, metrics: dict[str, float], lrs: list[float]) -> None:
         if writer is None:
