@@ -30,7 +30,7 @@ from hydra_umm.demo import (
 )
 from hydra_umm.eval.comparison import ComparedModel, metric_rows, write_comparison
 from hydra_umm.eval.report import Curve, Curves
-from hydra_umm.train.reuse import is_done, record_stage
+from hydra_umm.train.reuse import train_once
 
 MODELS = {"hydra": "HYDRA", "harmon": "Harmon"}  # --models name -> name shown
 SHOWN_IMAGES = 8  # reconstructions and questions shown in the report
@@ -69,21 +69,15 @@ def train_harmon_runs(out: Path, plan: DemoPlan, say=print) -> Path:
     vae = out / runs["autoencoder"][0]
     steps = sum(plan.tokenizer_steps.values())
     cfg = stage_config(plan, data, vae, "vae", steps, *HARMON_VAE_OVERRIDES, preset="harmon-tiny")
-    if not is_done(cfg, WEIGHTS_FILE):
-        say(f"[2/4] Harmon's KL autoencoder ({steps} steps)")
-        record_stage(cfg)
-        train_harmon(cfg)
+    train_once(cfg, train_harmon, lambda: say(f"[2/4] Harmon's KL autoencoder ({steps} steps)"), WEIGHTS_FILE)
     previous = ""
     for (stage, steps), name in zip(plan.umm_steps.items(), runs["unified"]):
         run = out / name
         extra = [f"init={previous}"] if previous else [f"harmon.vae_path={vae / 'model'}"]
         extra += [f"train.ratios=[{','.join(map(str, plan.umm_ratios[stage]))}]", *plan.umm_overrides]
         cfg = stage_config(plan, data, run, "unified", steps, *extra, preset="harmon-tiny")
-        if not is_done(cfg):
-            say(f"[2/4] Harmon for HYDRA's stage {stage} ({steps} steps) in {run}")
-            record_stage(cfg)
-            train_harmon(cfg)
-        previous = run / "model"
+        previous = train_once(cfg, train_harmon, lambda: say(f"[2/4] Harmon for HYDRA's stage {stage} ({steps} "
+                                                              f"steps) in {run}"))
     return previous
 
 

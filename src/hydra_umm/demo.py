@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from hydra_umm.config import Config, load_config
-from hydra_umm.train.reuse import is_done, record_stage, refuse_changes
+from hydra_umm.train.reuse import refuse_changes, train_once
 
 CHANCE = "chance (overall on other prompts)"  # the generation table's chance level
 
@@ -110,7 +110,6 @@ def make_data(out: Path, plan: DemoPlan, say=print) -> str:
     return _training_data(out)
 
 
-
 def train_all(out: Path, plan: DemoPlan, say=print) -> Path:
     """Steps 1 and 2; returns the final HYDRA model directory (``<out>/model``)."""
     from hydra_umm.train.recipes import train_tokenizer
@@ -133,11 +132,7 @@ def train_all(out: Path, plan: DemoPlan, say=print) -> Path:
         run = out / f"tokenizer-{stage}"
         extra = [f"tokenizer.teacher_weights={teacher}", *plan.tokenizer_overrides.get(stage, ())]
         cfg = stage_config(plan, data, run, stage, steps, *extra, *([f"init={previous}"] if previous else []))
-        if not is_done(cfg):
-            say(f"[2/4] HYDRA-TOK stage {stage} ({steps} steps)")
-            record_stage(cfg)
-            train_tokenizer(cfg)
-        previous = str(run / "model")
+        previous = str(train_once(cfg, train_tokenizer, lambda: say(f"[2/4] HYDRA-TOK stage {stage} ({steps} steps)")))
 
     final = _train_hydra(out, plan, plan.umm_ratios, say)
     model = out / "model"
@@ -160,11 +155,7 @@ def _train_hydra(out: Path, plan: DemoPlan, ratios: dict[str, tuple[float, ...]]
         extra = [f"init={previous}"] if previous else [f"umm.tokenizer_path={out / _tokenizer_run(plan)}"]
         extra += [f"train.ratios=[{','.join(map(str, ratios[stage]))}]", *plan.umm_overrides]
         cfg = stage_config(plan, data, run, stage, steps, *extra)
-        if not is_done(cfg):
-            say(f"[2/4] HYDRA stage {stage} ({steps} steps) in {run}")
-            record_stage(cfg)
-            train_umm(cfg)
-        previous = run / "model"
+        previous = train_once(cfg, train_umm, lambda: say(f"[2/4] HYDRA stage {stage} ({steps} steps) in {run}"))
     return previous
 
 

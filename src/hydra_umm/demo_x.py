@@ -23,7 +23,7 @@ from pathlib import Path
 
 from hydra_umm.config import Config, load_config
 from hydra_umm.demo import DemoPlan
-from hydra_umm.train.reuse import is_done, record_stage
+from hydra_umm.train.reuse import train_once
 
 PRESET = "hydra-x-tiny"
 
@@ -109,11 +109,7 @@ def train_x(root: Path, plan: XPlan, video: bool, edit: bool, say=print) -> Path
         cfg = _config(plan, run, f"data={data}", f"stage={stage}", f"train.steps={steps}",
                       f"train.warmup={max(1, steps // 20)}", f"train.log_every={max(1, steps // 50)}",
                       f"train.ratios=[{ratios}]", *start, *plan.umm_overrides)
-        if not is_done(cfg):
-            say(f"[2/4] HYDRA-X stage {stage} ({steps} steps) in {run}")
-            record_stage(cfg)
-            train_umm(cfg)
-        previous = str(run / "model")
+        previous = str(train_once(cfg, train_umm, lambda: say(f"[2/4] HYDRA-X stage {stage} ({steps} steps) in {run}")))
     return Path(previous)
 
 

@@ -5,7 +5,7 @@ import pytest
 import yaml
 
 from hydra_umm.config import load_config
-from hydra_umm.train.reuse import ASKED_FILE, MODEL_WEIGHTS, is_done, record_stage, refuse_changes
+from hydra_umm.train.reuse import ASKED_FILE, MODEL_WEIGHTS, is_done, record_stage, refuse_changes, train_once
 
 
 def finish(run) -> None:
@@ -38,3 +38,17 @@ def test_refuse_changes_names_changed_keys_only(tmp_path):
     refuse_changes(tmp_path, {"a": 1}, {"a": 1, "b": 2}, "holds another run")
     with pytest.raises(ValueError, match=r"holds another run \(a: 1 there, 3 now\)"):
         refuse_changes(tmp_path, {"a": 1, "b": 2}, {"a": 3, "b": 2}, "holds another run")
+
+
+def test_train_once_records_before_it_trains_and_then_reuses(tmp_path):
+    cfg = load_config("tiny", [f"train.out_dir={tmp_path}", "train.steps=7", "train.warmup=1"])
+    calls = []
+
+    def train(run):
+        assert (tmp_path / ASKED_FILE).is_file()  # recorded first: an interrupted run is still checked
+        calls.append(run)
+        finish(tmp_path)
+
+    assert train_once(cfg, train, lambda: calls.append("announced")) == tmp_path / "model"
+    assert calls == ["announced", cfg]
+    assert train_once(cfg, train) == tmp_path / "model" and len(calls) == 2  # reused, not trained again

@@ -37,7 +37,7 @@ from hydra_umm.eval.reconstruction import evaluate_clip_reconstruction
 from hydra_umm.eval.report import ReportContent, write_report
 from hydra_umm.models.hydra_xtok import HydraXTok
 from hydra_umm.train.recipes import train_xtok, train_xtok_stages
-from hydra_umm.train.reuse import is_done, record_stage
+from hydra_umm.train.reuse import train_once
 
 log = logging.getLogger(__name__)
 
@@ -149,10 +149,7 @@ def ablate_edit(out: str | Path, steps: int, tok_steps: int, preset: str = "hydr
                f"train.warmup={steps // 10}", f"data=shapes-edits:{n_edits}", f"umm.tokenizer_path={xtok_dir}",
                f"train.out_dir={run_dir}"]
         log.info("edit ablation: training HYDRA-X with %s for %d steps", name, steps)
-        cfg, model_dir = load_config(preset, [*defaults, *overrides, *run]), run_dir / "model"
-        if not is_done(cfg):
-            record_stage(cfg)
-            train_umm(cfg)
+        model_dir = train_once(load_config(preset, [*defaults, *overrides, *run]), train_umm)
         result = evaluate_shapes_edit(HydraPipeline.from_pretrained(model_dir), n=n_eval, seed=seed,
                                       out_dir=out / "eval" / layout)
         overall = result["summary"]["overall"]

@@ -49,7 +49,7 @@ from hydra_umm.train.checkpoint import (checkpoint_dir, checkpoints, latest, loa
 from hydra_umm.train.config import TrainConfig
 from hydra_umm.train.distributed import DistEnv, all_mean, full_state, load_full_state
 from hydra_umm.train.errors import DataExhaustedError, NonFiniteLossError, TrainingError, TrainingInterrupted
-from hydra_umm.train.reuse import HOW_KEYS, PLACE_KEYS, flat_settings, refuse_changes
+from hydra_umm.train.reuse import HOW_KEYS, PLACE_KEYS, refuse_changes
 
 log = logging.getLogger(__name__)
 
@@ -209,9 +209,9 @@ class Trainer:
                              f"than this run asks for ({ours}): resume with the run's train.steps, warmup, lr, "
                              "weight_decay and betas, or start a new run from its saved model (init=...)")
         if "config" in state:  # the run's settings, saved in its checkpoints; where and how it runs may change
-            wanted = {k: v for k, v in flat_settings(self.run_config).items() if k not in PLACE_KEYS | HOW_KEYS}
-            refuse_changes(path, flat_settings(state["config"]), wanted, "was written by a run with other settings",
-                           "resume with the run's own settings, or start a new run from its saved model (init=...)")
+            refuse_changes(path, state["config"], self.run_config, "was written by a run with other settings",
+                           "resume with the run's own settings, or start a new run from its saved model (init=...)",
+                           ignore=PLACE_KEYS | HOW_KEYS)
         load_full_state(self.model, self.optimizer, state["model"], state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         self.data.load_state_dict(state["data"])

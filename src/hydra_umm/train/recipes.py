@@ -35,7 +35,7 @@ from hydra_umm.data.transforms import ImageTransform
 from hydra_umm.train.distributed import (DistEnv, checkpoint_activations, data_parallel, full_model_state,
                                          init_distributed, shard)
 from hydra_umm.train.engine import Trainer, to_device
-from hydra_umm.train.reuse import is_done, record_stage
+from hydra_umm.train.reuse import train_once
 from hydra_umm.train.schedule import build_optimizer
 
 log = logging.getLogger(__name__)
@@ -608,11 +608,7 @@ def train_xtok_stages(cfg: Config, steps: Mapping[str, int]) -> Path:
         run.stage, run.init, run.train.steps = stage, previous, count
         run.train.warmup = min(run.train.warmup, max(1, count // 10))
         run.train.out_dir = str(Path(cfg.train.out_dir) / f"stage-{stage}")
-        if is_done(run):
-            previous = str(Path(run.train.out_dir) / "model")
-        else:
-            record_stage(run)
-            previous = str(train_xtok(run))
+        previous = str(train_once(run, train_xtok))
     return Path(previous)
 
 

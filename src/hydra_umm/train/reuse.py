@@ -1,13 +1,14 @@
 """Finished runs reused: a run folder whose model exists is reused when it was asked for the same
 settings, and refused (with the settings named) when it was asked for others, rather than silently
 reused or overwritten. ``record_stage`` notes what a run is asked for, before it trains, beside the
-run's own config.yaml (which holds what its recipe made of it).
+run's own config.yaml (which holds what its recipe made of it); ``train_once`` does both in order.
 """
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Callable, Optional
 
 import yaml
 
@@ -26,12 +27,12 @@ HOW_KEYS = frozenset(f"train.{k}" for k in ("resume", "log_every", "val_every", 
                                              "activation_checkpointing"))
 
 
-def flat_settings(tree: dict, prefix: str = "") -> dict[str, object]:
+def _flat(tree: dict, prefix: str = "") -> dict[str, object]:
     """{"a": {"b": 1}} -> {"a.b": 1}."""
     out: dict[str, object] = {}
     for key, value in tree.items():
         if isinstance(value, dict):
-            out.update(flat_settings(value, f"{prefix}{key}."))
+            out.update(_flat(value, f"{prefix}{key}."))
         else:
             out[f"{prefix}{key}"] = value
     return out
@@ -47,17 +48,19 @@ def is_done(cfg: Config, weights: str = MODEL_WEIGHTS) -> bool:
         log.warning("%s is reused unchecked: it was trained before runs recorded what they were asked for "
                     "(%s); remove it to train it anew with this run's settings", run, ASKED_FILE)
         return True
-    wanted = {k: v for k, v in sorted(flat_settings(to_dict(cfg)).items()) if k not in PLACE_KEYS}
-    refuse_changes(run, flat_settings(yaml.safe_load((run / ASKED_FILE).read_text())), wanted,
-                   "holds a run trained with other settings")
+    refuse_changes(run, yaml.safe_load((run / ASKED_FILE).read_text()), to_dict(cfg),
+                   "holds a run trained with other settings", ignore=PLACE_KEYS)
     return True
 
 
 def refuse_changes(folder: Path, made: dict, wanted: dict, what: str,
-                   remedy: str = "remove it to make it again, or choose another output folder") -> None:
-    """Raise a ValueError naming the keys of ``wanted`` that ``made`` (what ``folder`` was made with)
-    holds with another value; keys ``made`` lacks (settings added since) count as the same."""
-    changed = [k for k in wanted if k in made and made[k] != wanted[k]]
+                   remedy: str = "remove it to make it again, or choose another output folder",
+                   ignore: frozenset[str] = frozenset()) -> None:
+    """Raise a ValueError naming the settings of ``wanted`` that ``made`` (what ``folder`` was made
+    with) holds with another value, both settings trees compared by dotted key; keys in ``ignore``
+    and keys ``made`` lacks (settings added since) count as the same."""
+    made, wanted = _flat(made), _flat(wanted)
+    changed = [k for k in wanted if k not in ignore and k in made and made[k] != wanted[k]]
     if changed:
         named = "; ".join(f"{k}: {made[k]!r} there, {wanted[k]!r} now" for k in changed[:4])
         more = "; ..." if len(changed) > 4 else ""
@@ -69,3 +72,15 @@ def record_stage(cfg: Config) -> None:
     run = Path(cfg.train.out_dir)
     run.mkdir(parents=True, exist_ok=True)
     (run / ASKED_FILE).write_text(yaml.safe_dump(to_dict(cfg), sort_keys=False))
+
+
+def train_once(cfg: Config, train: Callable[[Config], object], announce: Optional[Callable[[], None]] = None,
+               weights: str = MODEL_WEIGHTS) -> Path:
+    """The model directory of the run ``cfg`` describes: reused when it has finished (:func:`is_done`),
+    else trained by ``train(cfg)`` after ``announce()`` and :func:`record_stage`."""
+    if not is_done(cfg, weights):
+        if announce is not None:
+            announce()
+        record_stage(cfg)
+        train(cfg)
+    return Path(cfg.train.out_dir) / "model"
