@@ -43,7 +43,7 @@ from hydra_umm.models.discriminator import PatchDiscriminator
 from hydra_umm.models.pixel_decoder import PixelFlowDecoder
 from hydra_umm.models.vit import InputNormalization, build_vit, check_image_size
 from hydra_umm.models.vit_decoder import ViTDecoder
-from hydra_umm.models.weights import fit_weights, read_weights
+from hydra_umm.models.weights import fit_weights, in_brief, read_weights
 
 CONFIG_FILE, WEIGHTS_FILE = "config.json", "model.safetensors"
 DECODERS = {"flow": PixelFlowDecoder, "vit": ViTDecoder}
@@ -126,8 +126,7 @@ class HydraTok(nn.Module):
         try:
             load_checkpoint(self.teacher, str(path), filter_fn=_timm_state_filter)
         except Exception as e:  # an unreadable file or another model's weights, as timm and torch report them
-            raise ValueError(f"{path} is not a timm InternViT checkpoint of this size ({type(e).__name__}: "
-                             f"{str(e).splitlines()[0] if str(e) else 'no detail'})") from None
+            raise ValueError(f"{path} is not a timm InternViT checkpoint of this size ({in_brief(e)})") from None
         self.init_from_teacher()
 
     def save_pretrained(self, directory: str | Path) -> None:

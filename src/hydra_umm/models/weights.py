@@ -11,6 +11,12 @@ from safetensors.torch import load_file
 from torch import Tensor, nn
 
 
+def in_brief(error: Exception) -> str:
+    """A loader's exception in one line: its type and the first line of its message."""
+    lines = str(error).splitlines()
+    return f"{type(error).__name__}: {lines[0] if lines else 'no detail'}"
+
+
 def read_weights(path: str | Path) -> dict[str, Tensor]:
     """The tensors of a ``.safetensors`` file or a PyTorch checkpoint (``torch.load``, weights only)."""
     path = Path(path)
@@ -20,8 +26,7 @@ def read_weights(path: str | Path) -> dict[str, Tensor]:
     try:
         return load_file(str(path)) if kind == "safetensors" else torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # each reader fails its own way (SafetensorError, UnpicklingError, zip errors, ...)
-        raise ValueError(f"{path} is not a readable {kind} weights file ({type(e).__name__}: "
-                         f"{str(e).splitlines()[0] if str(e) else 'no detail'})") from None
+        raise ValueError(f"{path} is not a readable {kind} weights file ({in_brief(e)})") from None
 
 
 def fit_weights(module: nn.Module, state: dict[str, Tensor], source: str | Path) -> None:

@@ -22,7 +22,6 @@ from typing import Any, Iterable
 from PIL import Image
 
 from hydra_umm.data.datasets import load_image, question_prompt
-from hydra_umm.data.transforms import to_rgb
 from hydra_umm.data.video import read_frames, sample_frames
 
 ARTICLES = {"a", "an", "the"}
@@ -103,7 +102,7 @@ def evaluate_shapes_vqa(
     def visual(record: dict) -> Any:
         if frames is None:
             image = record["image"]
-            return to_rgb(image) if isinstance(image, Image.Image) else load_image(image)
+            return load_image(image)  # a path or a PIL image
         video = record["video"]
         return sample_frames(video if isinstance(video, list) else read_frames(video), frames)
 
