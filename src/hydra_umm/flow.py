@@ -77,8 +77,6 @@ def cfg_combine(v_cond: Tensor, v_uncond: Tensor, scale: float) -> Tensor:
     return v_uncond + scale * (v_cond - v_uncond)
 
 
-
-
 def sample(
     velocity: VelocityFn,
     x0: Tensor,
