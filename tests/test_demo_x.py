@@ -7,7 +7,7 @@ import pytest
 import yaml
 
 from hydra_umm.cli import main
-from hydra_umm.demo_x import X_PLANS, XPlan, demo_ratios, run_demo_x
+from hydra_umm.demo_x import EDIT_FROM_SOURCE, X_PLANS, XPlan, demo_ratios, run_demo_x
 from hydra_umm.train.recipes import X_RATIO_TASKS
 
 from micro_plan import planned
@@ -20,14 +20,16 @@ def test_the_hydra_x_demo_runs_every_step_and_reuses_them(tmp_path):
     said = []
     tables = run_demo_x(tmp_path, MICRO, say=said.append)
     root = tmp_path / "x"
-    assert set(tables) == {"editing", "video understanding", "video generation"}
-    assert 0 <= tables["editing"]["overall edit_score"] <= 1 and tables["editing"]["overall recon_psnr"] > 0
+    assert set(tables) == {"editing", EDIT_FROM_SOURCE, "video understanding", "video generation"}
+    for name in ("editing", EDIT_FROM_SOURCE):
+        assert 0 <= tables[name]["overall edit_score"] <= 1 and tables[name]["overall recon_psnr"] > 0
+    assert tables["editing"] != tables[EDIT_FROM_SOURCE]  # two different starts
     assert set(tables["video understanding"]) >= {"overall", "majority baseline"}
     n = tables["video generation"]["n"]  # the test split's clips, at most eval_clips
     assert 1 <= n <= 2 and len(list((root / "eval" / "videos").glob("*.mp4"))) == n
     assert json.loads((root / "eval" / "editing.json").read_text()) == tables["editing"]
     page = (root / "report" / "index.html").read_text()
-    assert "edit: move" in page and "text-to-video" in page
+    assert "edit: move" in page and "edit from the noised source: move" in page and "text-to-video" in page
     assert any(line.startswith("report: ") for line in said)
     for run, overrides in ((root / "xtok" / "stage-1", MICRO.tokenizer_overrides),
                            (root / "hydra-x-I", MICRO.umm_overrides)):  # the plan's learning rates

@@ -79,3 +79,22 @@ def test_samplers_transport_noise_to_data_with_exact_velocity():
     assert len(calls) == 8
     with pytest.raises(ValueError, match="unknown sampler"):
         flow.sample(v, z, 2, "rk4")
+
+
+def test_sampling_from_a_later_start_spends_every_step_on_the_rest_of_the_path():
+    x0, x1 = torch.randn(3, 5), torch.randn(3, 5)
+    start = 0.4
+    x_start = flow.interpolate(x0, x1, torch.full((3,), start))
+    times = []
+
+    def v(x, t):
+        times.append(t[0].item())
+        return x1 - x0  # the straight path's velocity: x_start + (1 - start) v = x1
+
+    assert torch.allclose(flow.sample(v, x_start, 4, start=start), x1, atol=1e-6)
+    assert times == pytest.approx([0.4, 0.55, 0.7, 0.85])
+    shifted = flow.time_grid(4, 3.0, start=start)
+    assert torch.allclose(shifted, start + (1 - start) * flow.time_grid(4, 3.0))  # the grid of [0, 1], mapped
+    for bad in (-0.1, 1.0):
+        with pytest.raises(ValueError, match="starts at a time in \\[0, 1\\)"):
+            flow.sample(v, x_start, 2, start=bad)

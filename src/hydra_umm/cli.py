@@ -121,7 +121,7 @@ def _edit(args: argparse.Namespace) -> None:
     pipe = _load_pipeline(args)
     image = load_image(args.image)
     edited = pipe.edit([image] * args.n, [args.instruction] * args.n, steps=args.steps, cfg_scale=args.cfg_scale,
-                       image_cfg_scale=args.image_cfg_scale, seed=args.seed, sampler=args.sampler)
+                       image_cfg_scale=args.image_cfg_scale, seed=args.seed, sampler=args.sampler, strength=args.strength)
     _save_images(edited, args.out)
 
 
@@ -405,6 +405,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--steps", type=COUNT, default=None)
     p.add_argument("--cfg-scale", type=float, default=None, help="instruction guidance (default umm.cfg_scale)")
     p.add_argument("--image-cfg-scale", type=float, default=None, help="source guidance (default umm.image_cfg_scale)")
+    p.add_argument("--strength", type=float, default=1.0,
+                   help="1: the target from noise; below 1: from the source noised to t = 1 - strength")
     p.add_argument("--sampler", choices=["euler", "heun"], default=None)
     p.set_defaults(func=_edit)
 

@@ -7,8 +7,8 @@ t in [0, 1]; t = 0 is noise, t = 1 is data (DESIGN section 2):
     x1_hat = x_t + (1 - t) * v_hat                 (clean estimate)
 
 Training draws t from a logit-normal (or uniform) distribution; sampling integrates dx/dt = v
-from t = 0 to t = 1 with Euler or Heun steps on an optionally shifted time grid; classifier-free
-guidance combines v = v_u + s (v_c - v_u).
+from t = 0 (or from a noised latent at a later time) to t = 1 with Euler or Heun steps on an
+optionally shifted time grid; classifier-free guidance combines v = v_u + s (v_c - v_u).
 """
 
 from __future__ import annotations
@@ -65,11 +65,12 @@ def shift_time(t: Tensor, shift: float) -> Tensor:
     return t / (t + shift * (1 - t))
 
 
-def time_grid(steps: int, shift: float = 1.0, device: torch.device | str | None = None) -> Tensor:
-    """steps + 1 increasing times from 0 to 1."""
+def time_grid(steps: int, shift: float = 1.0, device: torch.device | str | None = None, start: float = 0.0) -> Tensor:
+    """steps + 1 increasing times from ``start`` to 1 (the shifted grid of [0, 1] mapped onto [start, 1])."""
     if steps < 1:
         raise ValueError(f"steps must be >= 1, got {steps}")
-    return shift_time(torch.linspace(0.0, 1.0, steps + 1, device=device, dtype=torch.float64), shift).float()
+    grid = shift_time(torch.linspace(0.0, 1.0, steps + 1, device=device, dtype=torch.float64), shift)
+    return (start + (1 - start) * grid).float()
 
 
 def cfg_combine(v_cond: Tensor, v_uncond: Tensor, scale: float) -> Tensor:
@@ -84,8 +85,10 @@ def sample(
     method: str = "euler",
     shift: float = 1.0,
     progress: Optional[Callable[[int, int], None]] = None,
+    start: float = 0.0,
 ) -> Tensor:
-    """Integrate dx/dt = velocity(x, t) from t = 0 (x0, noise) to t = 1 (data).
+    """Integrate dx/dt = velocity(x, t) from t = ``start`` (x0: noise at 0, a noised latent x_start
+    later, as SDEdit starts) to t = 1 (data), in ``steps`` steps.
 
     ``euler``: one velocity call per step. ``heun``: Heun's second-order predictor-corrector
     (explicit trapezoid rule, two velocity calls per step). ``progress(i, steps)`` is called
@@ -95,7 +98,9 @@ def sample(
         raise ValueError(f"unknown sampler {method!r}; use one of {', '.join(SAMPLERS)}")
     if steps < 1 or not shift > 0:
         raise ValueError(f"the flow needs steps >= 1 and a time shift > 0, got steps {steps}, shift {shift}")
-    ts = time_grid(steps, shift, device=x0.device)
+    if not 0.0 <= start < 1.0:
+        raise ValueError(f"the flow starts at a time in [0, 1), got {start}")
+    ts = time_grid(steps, shift, device=x0.device, start=start)
     x = x0
     batch = x0.shape[0]
     for i in range(steps):

@@ -4,7 +4,9 @@ image guidance, and video understanding; cached paths against full recomputation
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
+from hydra_umm import flow
 from hydra_umm.config import load_config
 from hydra_umm.data.transforms import to_pil
 from hydra_umm.inference import HydraPipeline
@@ -93,6 +95,33 @@ def test_generate_video_and_edit_are_reproducible(pipe):
         pipe.edit(sources, PROMPTS, image_cfg_scale=float("nan"))
 
 
+def test_edit_strength_starts_the_flow_from_the_noised_source(pipe):
+    """strength 1 is the edit from noise; below it the path starts at t0 = 1 - strength from the
+    source's latents noised to t0 with the seed's noise, every step spent on [t0, 1] (checked against
+    the Euler steps written out), and a strength near 0 returns the source as the tokenizer decodes it."""
+    model, fc, umm = pipe.model, pipe.model.cfg.umm.flow, pipe.model.cfg.umm
+    sources = to_pil(images(seed=5))
+    pixels = lambda ims: np.stack([np.asarray(im, dtype=np.int16) for im in ims])  # noqa: E731
+    from_noise = pixels(pipe.edit(sources, PROMPTS, steps=2, seed=4))
+    assert np.array_equal(pixels(pipe.edit(sources, PROMPTS, steps=2, seed=4, strength=1.0)), from_noise)
+    with torch.no_grad():
+        source = model.latents(pipe.pixels(sources))
+        x = 0.7 * source + 0.3 * torch.randn(source.shape, generator=pipe._generator(4))
+        velocity = pipe.edit_velocity_fn(PROMPTS, source, umm.cfg_scale, umm.image_cfg_scale)
+        ts = 0.7 + 0.3 * flow.time_grid(2, fc.shift)
+        for t, t_next in zip(ts[:-1], ts[1:]):
+            x = x + (t_next - t) * velocity(x, t.expand(2))
+        expected = pixels(to_pil(model.decode(x, generator=pipe._generator(5))))
+        decoded_source = pixels(to_pil(model.decode(source, generator=pipe._generator(5))))
+    from_source = pixels(pipe.edit(sources, PROMPTS, steps=2, seed=4, strength=0.3))
+    assert np.abs(from_source - expected).max() <= 1 and np.abs(from_source - from_noise).max() > 8
+    almost_none = pixels(pipe.edit(sources, PROMPTS, steps=2, seed=4, strength=1e-4))
+    assert np.abs(almost_none - decoded_source).max() <= 2
+    for bad in (0.0, 1.5, float("nan")):
+        with pytest.raises(ValueError, match="strength must be in \\(0, 1\\]"):
+            pipe.edit(sources, PROMPTS, strength=bad)
+
+
 def test_video_answers_cached_equal_uncached_and_depend_on_the_clip(pipe):
     questions = ["what moves?", "what moves?"]
     videos = clips(2, 5)
@@ -129,6 +158,15 @@ def test_the_cli_edits_generates_clips_and_answers_about_clips(pipe, tmp_path, c
     cli.main(["edit", *common, "--image", str(tmp_path / "in.png"), "--instruction", "make the square blue",
               "--out", str(tmp_path / "edited.png")])
     assert (tmp_path / "edited.png").is_file()
+    source = [Image.open(tmp_path / "in.png")]
+    cli.main(["edit", *common, "--image", str(tmp_path / "in.png"), "--instruction", "make the square blue",
+              "--strength", "0.5", "--out", str(tmp_path / "from_source.png")])
+    (expected,) = pipe.edit(source, ["make the square blue"], steps=2, strength=0.5)
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "from_source.png")), np.asarray(expected))
+    with pytest.raises(SystemExit):
+        cli.main(["edit", *common, "--image", str(tmp_path / "in.png"), "--instruction", "x", "--strength", "0",
+                  "--out", str(tmp_path / "never.png")])
+    assert "strength must be in (0, 1]" in capsys.readouterr().err and not (tmp_path / "never.png").exists()
     cli.main(["generate", *common, "--video", "--frames", "5", "--prompt", PROMPTS[0], "--out", str(tmp_path / "c.mp4")])
     assert len(read_frames(tmp_path / "c.mp4")) == 5
     write_clip(to_pil(clips(1, 5)[0].transpose(0, 1)), tmp_path / "q.mp4")

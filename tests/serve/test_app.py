@@ -144,6 +144,9 @@ def test_edit_tab_returns_the_pipelines_edit_and_reports_every_step(x_tasks, ima
     assert same([edited], x_tasks.pipe.edit([image], ["make the square blue"], 2, 3.0, 1.5, seed=7))
     other = x_tasks.edit(image, "make the square blue", 2, 3.0, 1.5, 8, progress=lambda *a, **k: None)
     assert not same([edited], [other])
+    from_source = x_tasks.edit(image, "make the square blue", 2, 3.0, 1.5, 7, 0.5, progress=lambda *a, **k: None)
+    assert same([from_source], x_tasks.pipe.edit([image], ["make the square blue"], 2, 3.0, 1.5, seed=7, strength=0.5))
+    assert not same([edited], [from_source])
     with pytest.raises(gr.Error, match="upload an image"):
         x_tasks.edit(None, "make the square blue", 2, 3.0, 1.5, 7, progress=lambda *a, **k: None)
     with pytest.raises(gr.Error, match="instruction"):

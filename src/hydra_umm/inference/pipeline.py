@@ -198,12 +198,18 @@ class HydraPipeline(TokenizerPipeline):
 
     def _integrate(
         self, velocity: flow.VelocityFn, shape: tuple[int, ...], steps: Optional[int], sampler: Optional[str],
-        seed: int, progress: Optional[Callable[[int, int], None]],
+        seed: int, progress: Optional[Callable[[int, int], None]], start: Optional[tuple[Tensor, float]] = None,
     ) -> Tensor:
-        """Integrate the flow from noise of ``shape`` drawn with ``seed`` (None: the config's steps and sampler)."""
+        """Integrate the flow from noise of ``shape`` drawn with ``seed`` (None: the config's steps and
+        sampler); ``start`` = (latents z of ``shape``, t0) begins instead at t0 from z noised to t0."""
         fc = self.model.cfg.umm.flow
         x0 = torch.randn(shape, generator=self._generator(seed), device=self.device)
-        return flow.sample(velocity, x0, fc.steps if steps is None else steps, sampler or fc.sampler, fc.shift, progress)
+        t0 = 0.0
+        if start is not None:
+            z, t0 = start
+            x0 = flow.interpolate(x0, z, torch.full((len(z),), t0, device=self.device))
+        return flow.sample(velocity, x0, fc.steps if steps is None else steps, sampler or fc.sampler, fc.shift, progress,
+                           start=t0)
 
     def _latent_shape(self, count: int, frames: int = 1) -> tuple[int, ...]:
         model = self.model
@@ -288,22 +294,28 @@ class HydraPipeline(TokenizerPipeline):
         sampler: Optional[str] = None,
         use_cache: bool = True,
         progress: Optional[Callable[[int, int], None]] = None,
+        strength: float = 1.0,
     ) -> list[PILImage.Image]:
         """Instruction-based editing: each source image edited as its instruction says. ``cfg_scale``
         guides by the instruction, ``image_cfg_scale`` by the source (defaults: umm.cfg_scale,
-        umm.image_cfg_scale)."""
+        umm.image_cfg_scale). ``strength`` 1 generates the target from noise (the paper's); below 1 the
+        flow starts at t0 = 1 - strength from the source's latents noised to t0 (SDEdit's start, as
+        img2img's strength), all ``steps`` spent on [t0, 1]."""
         self._check_video()
         check_texts("instructions", instructions)
         if len(images) != len(instructions):
             raise ValueError(f"edit needs one image per instruction, got {len(images)} images, "
                              f"{len(instructions)} instructions")
+        if not 0.0 < strength <= 1.0:
+            raise ValueError(f"strength must be in (0, 1] (1: from noise), got {strength}")
         umm = self.model.cfg.umm
         scales = {"cfg_scale": umm.cfg_scale if cfg_scale is None else cfg_scale,
                   "image_cfg_scale": umm.image_cfg_scale if image_cfg_scale is None else image_cfg_scale}
         check_scales(**scales)
-        velocity = self.edit_velocity_fn(list(instructions), self.model.latents(self.pixels(images)), *scales.values(),
-                                         use_cache)
-        z = self._integrate(velocity, self._latent_shape(len(images)), steps, sampler, seed, progress)
+        source = self.model.latents(self.pixels(images))
+        velocity = self.edit_velocity_fn(list(instructions), source, *scales.values(), use_cache)
+        start = None if strength == 1.0 else (source, 1.0 - strength)
+        z = self._integrate(velocity, self._latent_shape(len(images)), steps, sampler, seed, progress, start)
         return to_pil(self.model.decode(z, generator=self._generator(seed + 1)))
 
     # ------------------------------------------------------------------------------ understanding

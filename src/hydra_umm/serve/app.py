@@ -71,7 +71,7 @@ class Tasks:
 
     def edit(
         self, image: Image.Image | None, instruction: str, steps: int, cfg_scale: float, image_cfg_scale: float,
-        seed: int, progress: Progress = gr.Progress(),
+        seed: int, strength: float = 1.0, progress: Progress = gr.Progress(),
     ) -> Image.Image:
         """Instruction-based editing (HYDRA-X), reporting progress after every sampling step."""
         if image is None:
@@ -81,7 +81,7 @@ class Tasks:
         step_done = _step_reporter(progress)
         (edited,) = self._run(lambda: self.pipe.edit(
             [image], [instruction.strip()], int(steps), float(cfg_scale), float(image_cfg_scale), int(seed),
-            progress=step_done))
+            progress=step_done, strength=float(strength)))
         return edited
 
     def video(
@@ -247,9 +247,10 @@ def _edit_tab(tasks: Tasks) -> None:
             cfg_scale = gr.Slider(1.0, 10.0, value=umm.cfg_scale, step=0.5, label="Instruction guidance")
             image_cfg_scale = gr.Slider(1.0, 5.0, value=umm.image_cfg_scale, step=0.1, label="Image guidance")
             seed = gr.Number(0, precision=0, label="Seed")
+            strength = gr.Slider(0.05, 1.0, value=1.0, step=0.05, label="Strength (1: from noise, lower: from the source)")
             button = gr.Button("Edit", variant="primary")
         edited = gr.Image(label="Edited", height=256)
-    button.click(tasks.edit, [image, instruction, steps, cfg_scale, image_cfg_scale, seed], edited)
+    button.click(tasks.edit, [image, instruction, steps, cfg_scale, image_cfg_scale, seed, strength], edited)
 
 
 def _video_tab(tasks: Tasks) -> None:

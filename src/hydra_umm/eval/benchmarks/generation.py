@@ -38,6 +38,7 @@ class EditSettings:
     image_cfg_scale: float | None = None
     sampler: str | None = None
     seed: int = 0
+    strength: float | None = None
 
 
 def edit_images(pipeline: Any, images: list[Image.Image], instructions: list[str],
