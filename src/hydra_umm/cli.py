@@ -121,7 +121,8 @@ def _edit(args: argparse.Namespace) -> None:
     pipe = _load_pipeline(args)
     image = load_image(args.image)
     edited = pipe.edit([image] * args.n, [args.instruction] * args.n, steps=args.steps, cfg_scale=args.cfg_scale,
-                       image_cfg_scale=args.image_cfg_scale, seed=args.seed, sampler=args.sampler, strength=args.strength)
+                       image_cfg_scale=args.image_cfg_scale, seed=args.seed, sampler=args.sampler,
+                       strength=args.strength)
     _save_images(edited, args.out)
 
 

@@ -208,8 +208,8 @@ class HydraPipeline(TokenizerPipeline):
         if start is not None:
             z, t0 = start
             x0 = flow.interpolate(x0, z, torch.full((len(z),), t0, device=self.device))
-        return flow.sample(velocity, x0, fc.steps if steps is None else steps, sampler or fc.sampler, fc.shift, progress,
-                           start=t0)
+        steps = fc.steps if steps is None else steps
+        return flow.sample(velocity, x0, steps, sampler or fc.sampler, fc.shift, progress, start=t0)
 
     def _latent_shape(self, count: int, frames: int = 1) -> tuple[int, ...]:
         model = self.model

@@ -247,7 +247,8 @@ def _edit_tab(tasks: Tasks) -> None:
             cfg_scale = gr.Slider(1.0, 10.0, value=umm.cfg_scale, step=0.5, label="Instruction guidance")
             image_cfg_scale = gr.Slider(1.0, 5.0, value=umm.image_cfg_scale, step=0.1, label="Image guidance")
             seed = gr.Number(0, precision=0, label="Seed")
-            strength = gr.Slider(0.05, 1.0, value=1.0, step=0.05, label="Strength (1: from noise, lower: from the source)")
+            strength = gr.Slider(0.05, 1.0, value=1.0, step=0.05,
+                                 label="Strength (1: from noise; lower: from the noised source)")
             button = gr.Button("Edit", variant="primary")
         edited = gr.Image(label="Edited", height=256)
     button.click(tasks.edit, [image, instruction, steps, cfg_scale, image_cfg_scale, seed, strength], edited)
